@@ -1,0 +1,1 @@
+"""The shared harness: data, training loop, sliding-window evaluation, metrics, tracking, CLI."""

@@ -1,0 +1,130 @@
+"""Profiles and study files: strict YAML -> typed dataclasses (an unknown key is an error naming it)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+STUDIES_DIR = PACKAGE_DIR / "studies"
+PROFILES_FILE = PACKAGE_DIR / "profiles.yaml"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How a study is scaled: data, patch, batch composition, evaluation grid. Same for every method."""
+
+    name: str
+    description: str
+    data: str  # synthetic | real
+    cohort_shape: tuple[int, int, int] | None
+    patch: tuple[int, int, int]
+    eval_stride: tuple[int, int, int]
+    labeled_batch: int
+    unlabeled_batch: int
+    method_overrides: dict[str, Any]
+    max_test_cases: int | None
+    log_every: int
+    device: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """One paper table or ablation (``benchmarks/studies/<name>.yaml``)."""
+
+    study: str
+    title: str
+    dataset: str
+    labeled_ratio: float
+    protocol: str
+    methods: list[str]
+    seeds: dict[str, list[int]]
+    budget: dict[str, int]
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path = Path()
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+
+
+def _build(cls: type, raw: Any, source: str, extra: dict[str, Any]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(extra)
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {missing}")
+    values = {k: tuple(v) if isinstance(v, list) and k in ("patch", "eval_stride", "cohort_shape") else v
+              for k, v in raw.items()}
+    return cls(**values, **extra)
+
+
+def load_profile(name: str) -> Profile:
+    """The profile ``name`` from ``benchmarks/profiles.yaml``."""
+    profiles = _read_yaml(PROFILES_FILE)
+    if name not in profiles:
+        raise ConfigError(f"unknown profile {name!r}; known: {sorted(profiles)}")
+    profile = _build(Profile, profiles[name], f"{PROFILES_FILE}:{name}", {"name": name})
+    for axis in profile.patch:
+        if axis % 16:
+            raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
+    return profile
+
+
+def study_path(name_or_path: str) -> Path:
+    """``table2`` -> ``benchmarks/studies/table2.yaml``; a path is returned as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = STUDIES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown study {name_or_path!r}; known: {known}")
+    return path
+
+
+def load_study(name_or_path: str) -> Study:
+    """Read and check a study file."""
+    path = study_path(name_or_path)
+    study = _build(Study, _read_yaml(path), str(path), {"path": path})
+    if not 0 < float(study.labeled_ratio) <= 1:
+        raise ConfigError(f"{path}: labeled_ratio must be in (0, 1], got {study.labeled_ratio}")
+    for key in ("seeds", "budget"):
+        value = getattr(study, key)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must map profile names to values")
+    return study
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a resolved configuration (part of the run key)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store ``mlruns/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    (PROJECT_ROOT / "mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,4 @@
+"""Datasets on disk: NIfTI + dataset.json + split files (nnU-Net layout), and the synthetic cohort."""
+from benchmarks.data.nifti import Case, DatasetInfo, load_dataset, read_case, read_split, split_name
+
+__all__ = ["Case", "DatasetInfo", "load_dataset", "read_case", "read_split", "split_name"]

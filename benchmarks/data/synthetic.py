@@ -1,0 +1,210 @@
+"""A synthetic abdominal CT cohort with the AMOS class map (the embedded default; labelled synthetic).
+
+Anatomy is built from implicit shapes in normalised body coordinates ``(x, y, z)``: x from the
+patient's right (0) to left (1), y from anterior (0) to posterior (1), z from the pelvis (0) to the
+diaphragm (1). Each subject gets its own body scale, organ positions, sizes and a smooth random
+deformation of every organ's surface. Organs never overlap: they are painted from the smallest to
+the largest, each only on voxels still free. Intensities are CT-like HU with noise, partial-volume
+blur and a smooth bias field.
+
+The generator is one implementation of :class:`CohortGenerator`; :func:`write_cohort` turns any
+generator into a dataset folder (NIfTI + dataset.json + split files), written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+AMOS_CLASSES = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver",
+                "stomach", "aorta", "inferior_vena_cava", "pancreas", "right_adrenal_gland",
+                "left_adrenal_gland", "duodenum", "bladder", "prostate_uterus")
+AMOS_LARGE = ("liver", "stomach", "spleen", "left_kidney", "right_kidney", "bladder")
+# AMOS split sizes (spec 2.2): train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24, test 120.
+AMOS_SPLIT_SIZES = {"train": 216, "eval": 24, "test": 120}
+AMOS_LABELED = {2: 4, 5: 10, 10: 21, 20: 38}
+
+
+class CohortGenerator(Protocol):
+    """Anything that makes one labelled volume per seed."""
+
+    name: str
+    class_names: tuple[str, ...]
+    large_organs: tuple[str, ...]
+
+    def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        """Return ``(image HU int16 (X,Y,Z), label uint8 (X,Y,Z), spacing mm)`` for subject ``seed``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Organ:
+    """An organ as ``kind`` with centre/radii in normalised coordinates and a mean HU."""
+
+    label: int
+    kind: str  # ellipsoid | tube | cloop | jshape
+    centre: tuple[float, float, float]
+    radii: tuple[float, float, float]
+    hu: float
+    z_range: tuple[float, float] = (0.0, 1.0)
+
+
+# Painted in this order (small first), each only where nothing is painted yet.
+ORGANS = (
+    Organ(11, "ellipsoid", (0.39, 0.70, 0.74), (0.03, 0.019, 0.04), 55),   # right adrenal
+    Organ(12, "ellipsoid", (0.61, 0.70, 0.75), (0.029, 0.018, 0.039), 55),   # left adrenal
+    Organ(5, "tube", (0.53, 0.62, 0.0), (0.017, 0.017, 0.0), 40, (0.86, 1.0)),   # esophagus
+    Organ(4, "ellipsoid", (0.31, 0.30, 0.64), (0.043, 0.043, 0.061), 10),     # gallbladder
+    Organ(8, "tube", (0.54, 0.67, 0.0), (0.027, 0.027, 0.0), 170, (0.30, 1.0)),  # aorta
+    Organ(9, "tube", (0.43, 0.65, 0.0), (0.028, 0.0265, 0.0), 140, (0.30, 0.95)),  # IVC
+    Organ(10, "ellipsoid", (0.54, 0.55, 0.63), (0.168, 0.036, 0.039), 85),    # pancreas
+    Organ(13, "cloop", (0.36, 0.52, 0.60), (0.075, 0.027, 0.027), 35),       # duodenum
+    Organ(15, "ellipsoid", (0.50, 0.52, 0.08), (0.085, 0.068, 0.076), 45),     # prostate/uterus
+    Organ(2, "ellipsoid", (0.30, 0.73, 0.55), (0.069, 0.063, 0.114), 160),     # right kidney
+    Organ(3, "ellipsoid", (0.70, 0.73, 0.58), (0.079, 0.072, 0.132), 160),     # left kidney
+    Organ(14, "ellipsoid", (0.50, 0.33, 0.12), (0.097, 0.081, 0.073), 5),       # bladder
+    Organ(1, "ellipsoid", (0.76, 0.64, 0.80), (0.094, 0.138, 0.126), 110),     # spleen
+    Organ(7, "jshape", (0.62, 0.36, 0.76), (0.119, 0.089, 0.107), 30),         # stomach
+    Organ(6, "ellipsoid", (0.30, 0.45, 0.82), (0.2, 0.237, 0.146), 100),      # liver
+)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, shape: tuple[int, int, int], cells: int = 4) -> np.ndarray:
+    """``n`` smooth random fields of ``shape`` (trilinear upsampling of a ``cells^3`` Gaussian grid)."""
+    coarse = torch.from_numpy(rng.standard_normal((1, n, cells, cells, cells)).astype(np.float32))
+    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0].numpy()
+
+
+class SyntheticAbdomen:
+    """The first synthetic abdomen generator (AMOS labels). See the module docstring."""
+
+    name = "synthetic-amos"
+    class_names = AMOS_CLASSES
+    large_organs = AMOS_LARGE
+    field_of_view_mm = (350.0, 300.0, 320.0)
+
+    def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+        rng = np.random.default_rng(seed)
+        axes = [np.linspace(0.0, 1.0, s, dtype=np.float32) for s in shape]
+        x, y, z = np.meshgrid(*axes, indexing="ij")
+        body_scale = rng.uniform(0.92, 1.05, size=2)
+        noise = _smooth_noise(rng, len(ORGANS) + 2, shape)
+        label = np.zeros(shape, np.uint8)
+        hu = np.full(shape, -1000.0, np.float32)
+        body = ((x - 0.5) / (0.46 * body_scale[0])) ** 2 + ((y - 0.52) / (0.40 * body_scale[1])) ** 2 + 0.05 * noise[-1] < 1
+        inner = ((x - 0.5) / (0.42 * body_scale[0])) ** 2 + ((y - 0.52) / (0.36 * body_scale[1])) ** 2 + 0.05 * noise[-1] < 1
+        hu[body] = -100.0  # subcutaneous fat
+        muscle = inner & ~(((x - 0.5) / 0.38) ** 2 + ((y - 0.45) / 0.30) ** 2 < 1)
+        hu[muscle] = 50.0
+        hu[inner & ~muscle] = -80.0 + 20.0 * noise[-2][inner & ~muscle]  # mesenteric fat
+        spine = ((x - 0.5) / 0.065) ** 2 + ((y - 0.80) / 0.06) ** 2 < 1
+        hu[spine] = 400.0
+        hu[spine & ~(((x - 0.5) / 0.05) ** 2 + ((y - 0.80) / 0.045) ** 2 < 1)] = 700.0
+        for i, organ in enumerate(ORGANS):
+            jitter = rng.normal(0.0, 0.015, size=3)
+            size = rng.uniform(0.88, 1.12) * np.array(organ.radii)
+            cx, cy, cz = np.array(organ.centre) + jitter
+            mask = self._shape(organ, x, y, z, (cx, cy, cz), size, 0.18 * noise[i]) & inner & ~spine & (label == 0)
+            label[mask] = organ.label
+            hu[mask] = organ.hu + rng.normal(0.0, 8.0)
+            if organ.label in (7, 13):  # gas in the stomach and duodenum, anterior part
+                gas = mask & (noise[i] > 0.9) & (y < cy)
+                hu[gas] = -700.0
+        hu = ndimage.gaussian_filter(hu, 0.6)
+        hu += 25.0 * noise[-1] + rng.normal(0.0, 15.0, size=shape).astype(np.float32)
+        spacing = tuple(float(f / s) for f, s in zip(self.field_of_view_mm, shape))
+        return np.clip(hu, -1024, 3000).astype(np.int16), label, spacing
+
+    @staticmethod
+    def _shape(organ: Organ, x: np.ndarray, y: np.ndarray, z: np.ndarray, c: tuple[float, float, float],
+               r: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        cx, cy, cz = c
+        if organ.kind == "ellipsoid":
+            return ((x - cx) / r[0]) ** 2 + ((y - cy) / r[1]) ** 2 + ((z - cz) / r[2]) ** 2 + noise < 1
+        if organ.kind == "tube":  # vertical vessel with a gentle curve
+            lo, hi = organ.z_range
+            bend = 0.02 * np.sin(3.0 * z + cx * 10)
+            return (((x - cx - bend) / r[0]) ** 2 + ((y - cy) / r[1]) ** 2 + 0.5 * noise < 1) & (z >= lo) & (z <= hi)
+        if organ.kind == "cloop":  # C-shaped loop in the coronal plane, open towards the patient's left
+            rho = np.sqrt((x - cx) ** 2 + (z - cz) ** 2)
+            angle = np.arctan2(z - cz, x - cx)
+            ring = ((rho - r[0]) / r[2]) ** 2 + ((y - cy) / r[1]) ** 2 + 0.5 * noise < 1
+            return ring & (np.abs(angle) > 0.7)
+        if organ.kind == "jshape":  # fundus high on the left, body sweeping down and to the right
+            parts = [((0.04, 0.02, 0.07), 1.0), ((0.0, 0.0, 0.0), 0.9), ((-0.07, -0.03, -0.08), 0.75),
+                     ((-0.13, -0.02, -0.12), 0.55)]
+            out = np.zeros(x.shape, bool)
+            for (dx, dy, dz), s in parts:
+                out |= ((x - cx - dx) / (r[0] * s)) ** 2 + ((y - cy - dy) / (r[1] * s)) ** 2 + \
+                       ((z - cz - dz) / (r[2] * s)) ** 2 + noise < 1
+            return out
+        raise ValueError(f"unknown organ kind {organ.kind!r}")
+
+
+def synthetic_split_ids(n_cases: int | None = None) -> dict[str, list[str]]:
+    """Split lists mirroring AMOS's sizes (train/eval/test and labeled/unlabeled at 2/5/10/20 %)."""
+    total = sum(AMOS_SPLIT_SIZES.values())
+    ids = [f"syn_{i:04d}" for i in range(1, (n_cases or total) + 1)]
+    train, rest = ids[:AMOS_SPLIT_SIZES["train"]], ids[AMOS_SPLIT_SIZES["train"]:]
+    splits = {"train": train, "eval": rest[:AMOS_SPLIT_SIZES["eval"]], "test": rest[AMOS_SPLIT_SIZES["eval"]:]}
+    order = np.random.default_rng(0).permutation(len(train))  # labeled subsets are nested, as real practice
+    for percent, n in AMOS_LABELED.items():
+        labeled = sorted(train[i] for i in order[:n])
+        splits[f"labeled_{percent}p"] = labeled
+        splits[f"unlabeled_{percent}p"] = [c for c in train if c not in set(labeled)]
+    return splits
+
+
+def _write_nifti(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # x -> patient left, y -> posterior (LPS)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def write_cohort(generator: CohortGenerator, root: str | Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
+    """Generate the whole cohort into ``root`` atomically (a temporary folder renamed at the end).
+
+    An existing complete cohort (``root/dataset.json`` present) is left untouched and returned.
+    """
+    root = Path(root)
+    if (root / "dataset.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for sub in ("imagesTr", "labelsTr", "splits"):
+            (tmp / sub).mkdir()
+        splits = synthetic_split_ids()
+        all_ids = splits["train"] + splits["eval"] + splits["test"]
+        for index, case_id in enumerate(all_ids):
+            image, label, spacing = generator.generate(shape, seed * 100_000 + index)
+            _write_nifti(image, spacing, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
+            _write_nifti(label, spacing, tmp / "labelsTr" / f"{case_id}.nii.gz")
+        sums = []
+        for name, ids in splits.items():
+            path = tmp / "splits" / f"{name}.txt"
+            path.write_text("\n".join(ids) + "\n")
+            sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
+        (tmp / "splits" / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+        meta = {"name": generator.name, "synthetic": True,
+                "description": "SYNTHETIC abdominal CT cohort generated by organbench; not real patient data.",
+                "generator": type(generator).__name__, "shape": list(shape), "seed": seed,
+                "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(generator.class_names)},
+                "large_organs": list(generator.large_organs), "intensity_window": [-125.0, 275.0],
+                "numTraining": len(all_ids), "file_ending": ".nii.gz"}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,110 @@
+"""Two-stream batching with random crops, the training loop (poly LR, progress) and seeding."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.data import Case
+from methods.base import Batch, Method
+from methods.common.ramps import poly_lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def random_crop(image: np.ndarray, label: np.ndarray | None, patch: Sequence[int],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``patch``-sized crop at a uniformly drawn start in ``[0, S - P]`` per axis.
+
+    Axes shorter than the patch are first zero-padded, centred (as the TAK/GA loaders do).
+    """
+    pad = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(image.shape, patch)]
+    if any(sum(p) for p in pad):
+        image = np.pad(image, pad)
+        label = None if label is None else np.pad(label, pad)
+    starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(image.shape, patch)]
+    window = tuple(slice(st, st + p) for st, p in zip(starts, patch))
+    return image[window], None if label is None else label[window]
+
+
+def _stream(n: int, rng: np.random.Generator) -> Iterator[int]:
+    """Endless concatenation of random permutations of ``range(n)``."""
+    while True:
+        yield from rng.permutation(n).tolist()
+
+
+class TwoStreamSampler:
+    """Each batch: ``labeled_bs`` crops of labeled cases and ``unlabeled_bs`` crops of unlabeled cases.
+
+    Both streams walk through random permutations (the TwoStreamBatchSampler of the references:
+    every case is seen once per pass). Methods that use no unlabeled data get ``labeled_bs +
+    unlabeled_bs`` labeled crops, so every method sees the same number of images per step.
+    """
+
+    def __init__(self, labeled: Sequence[Case], unlabeled: Sequence[Case], labeled_bs: int, unlabeled_bs: int,
+                 patch: Sequence[int], seed: int, uses_unlabeled: bool = True, device: str = "cpu") -> None:
+        if not labeled:
+            raise ValueError("no labeled cases to train on")
+        if uses_unlabeled and unlabeled_bs and not unlabeled:
+            raise ValueError("the method needs unlabeled cases but the split has none")
+        self.labeled, self.unlabeled = list(labeled), list(unlabeled)
+        self.patch, self.device = tuple(patch), device
+        self.labeled_bs = labeled_bs if uses_unlabeled else labeled_bs + unlabeled_bs
+        self.unlabeled_bs = unlabeled_bs if uses_unlabeled else 0
+        self.rng = np.random.default_rng(seed)
+        self._labeled_ids = _stream(len(self.labeled), self.rng)
+        self._unlabeled_ids = _stream(max(len(self.unlabeled), 1), self.rng)
+
+    def _crops(self, cases: list[Case], ids: Iterator[int], n: int, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for _ in range(n):
+            case = cases[next(ids)]
+            image, label = random_crop(case.image, case.label if with_labels else None, self.patch, self.rng)
+            images.append(image)
+            if with_labels:
+                labels.append(label)
+        x = torch.from_numpy(np.stack(images)[:, None]) if images else torch.zeros((0, 1, *self.patch))
+        y = torch.from_numpy(np.stack(labels).astype(np.int64)) if labels else torch.zeros((0, *self.patch), dtype=torch.long)
+        return x.to(self.device), y.to(self.device)
+
+    def next(self) -> Batch:
+        image_l, label_l = self._crops(self.labeled, self._labeled_ids, self.labeled_bs, True)
+        image_u, _ = self._crops(self.unlabeled, self._unlabeled_ids, self.unlabeled_bs, False)
+        return Batch(image_l, label_l, image_u)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every: int = 25,
+          on_log: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
+          description: str = "train") -> dict[str, float]:
+    """Run ``iterations`` steps with poly LR decay over the budget; returns the last logs.
+
+    ``on_log(step, logs)`` receives the logs (plus ``lr``) every ``log_every`` steps and at the end.
+    """
+    logs: dict[str, float] = {}
+    bar = tqdm(range(iterations), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        lr = poly_lr(method.config.lr, step, iterations, method.config.poly_power)
+        for opt in method.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        logs = {**method.train_step(sampler.next(), step), "lr": lr}
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise TrainingDiverged(f"{method.name}: non-finite loss at step {step}: {logs}")
+        if step % 5 == 0:
+            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
+        if on_log and (step % log_every == 0 or step == iterations - 1):
+            on_log(step, logs)
+    return logs

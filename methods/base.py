@@ -1,0 +1,158 @@
+"""The method contract: a typed config, networks, ``train_step`` and ``predict``.
+
+A method is one small registered class (see ``methods/mean_teacher.py``). The harness owns data,
+budget, learning-rate schedule, evaluation and tracking; the method owns its networks, optimisers
+and losses.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from methods.common.vnet import Norm, VNet
+
+Group = Literal["lower-bound", "general", "imbalance", "fully"]
+
+
+@dataclass
+class Batch:
+    """One training iteration's input.
+
+    Attributes:
+        image_l: labeled images ``(B_l, 1, D, H, W)``, float in [0, 1].
+        label_l: their labels ``(B_l, D, H, W)``, int64 class ids.
+        image_u: unlabeled images ``(B_u, 1, D, H, W)``; ``B_u == 0`` for methods that use none.
+    """
+
+    image_l: torch.Tensor
+    label_l: torch.Tensor
+    image_u: torch.Tensor
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has. Subclasses add their own hyper-parameters with the paper's defaults.
+
+    The defaults are the DHC-family protocol (spec 4.4): V-Net nf=32 with BatchNorm and dropout,
+    SGD Nesterov momentum 0.9, weight decay 3e-5, base lr 0.03, poly decay (power 0.9).
+    Profiles ``smoke``/``cpu`` override backbone width the same way for every method.
+    """
+
+    base_filters: int = 32
+    norm: Norm = "batch"
+    dropout: bool = True
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    poly_power: float = 0.9
+
+
+class Method(abc.ABC):
+    """Base class. Subclasses set ``name``/``group``/``Config`` and implement ``build``, ``train_step``,
+    ``predict`` and ``inference_modules``.
+
+    Class attributes:
+        uses_unlabeled: the sampler feeds unlabeled images.
+        label_pool: ``labeled`` (the split's labeled cases) or ``all`` (every training label: the
+            fully supervised upper bound).
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # display name in tables, e.g. "Mean Teacher"
+    group: ClassVar[Group] = "general"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_unlabeled: ClassVar[bool] = True
+    label_pool: ClassVar[Literal["labeled", "all"]] = "labeled"
+
+    def __init__(self, config: MethodConfig, num_classes: int, max_iterations: int, in_channels: int = 1,
+                 device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.max_iterations = max_iterations
+        self.device = torch.device(device)
+        self.build()
+        for module in self.modules().values():
+            module.to(self.device)
+
+    # -- to implement -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build(self) -> None:
+        """Create networks and optimisers (``self.optimizers``)."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimisation step at iteration ``step`` (0-based); returns scalar logs."""
+
+    @abc.abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, D, H, W)`` for images ``(B, 1, D, H, W)`` (no gradient, eval mode)."""
+
+    @abc.abstractmethod
+    def inference_modules(self) -> dict[str, nn.Module]:
+        """Modules run by :meth:`predict` (counted for params/FLOPs)."""
+
+    # -- shared helpers -----------------------------------------------------------------------
+    def make_vnet(self, init: Literal["default", "kaiming", "xavier"] = "default") -> VNet:
+        """A V-Net with this config's backbone settings."""
+        net = VNet(self.in_channels, self.num_classes, self.config.base_filters, self.config.norm,
+                   self.config.dropout)
+        if init != "default":
+            for m in net.modules():
+                if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                    (nn.init.kaiming_normal_ if init == "kaiming" else nn.init.xavier_normal_)(m.weight)
+                elif isinstance(m, nn.BatchNorm3d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        return net
+
+    def make_sgd(self, *modules: nn.Module) -> torch.optim.SGD:
+        """SGD over ``modules`` with the config's lr, momentum, Nesterov flag and weight decay."""
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        c = self.config
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
+                               weight_decay=c.weight_decay)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every ``nn.Module`` attribute (networks, teachers), by attribute name."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules().values():
+            module.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimisers and any extra state of the method (for checkpoints)."""
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-module state (class weights, banks); override when a method has some."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    @classmethod
+    def resolve_config(cls, overrides: dict[str, Any], source: str = "config") -> MethodConfig:
+        """``Config`` with ``overrides`` applied; an unknown key raises naming it and ``source``."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise KeyError(f"{source}: unknown key(s) {unknown} for method {cls.name!r}; "
+                           f"known: {sorted(fields)}")
+        return cls.Config(**overrides)

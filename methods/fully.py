@@ -1,0 +1,24 @@
+"""``fully``: the same network and loss as ``supervised`` trained on every training label.
+
+The paper's "V-Net (fully)" row: the upper bound (DHC ``train_fully.py``). The unlabeled cases'
+labels are used, so this method is not semi-supervised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.registry import register
+from methods.supervised import Supervised, SupervisedConfig
+
+
+@dataclass
+class FullyConfig(SupervisedConfig):
+    """As ``supervised``."""
+
+
+@register("fully")
+class Fully(Supervised):
+    title = "V-Net (fully)"
+    group = "fully"
+    Config = FullyConfig
+    label_pool = "all"

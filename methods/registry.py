@@ -1,0 +1,75 @@
+"""Method registry: ``@register("name")`` plus discovery of external packages via entry points.
+
+External packages declare, in their pyproject::
+
+    [project.entry-points."organbench.methods"]
+    my_method = "my_package.my_module"
+
+Importing the module runs its ``@register`` decorator. A broken plug-in fails loudly.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from methods.base import Method
+
+ENTRY_POINT_GROUP = "organbench.methods"
+BUILTIN_MODULES = ("supervised", "fully", "mean_teacher")
+
+_REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
+M = TypeVar("M", bound="type[Method]")
+
+
+class UnknownMethodError(KeyError):
+    """Raised for a method name nobody registered; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator registering a :class:`~methods.base.Method` subclass under ``name``."""
+
+    def decorator(cls: M) -> M:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def discover() -> None:
+    """Import the built-in method modules and every ``organbench.methods`` entry point (once)."""
+    global _discovered
+    if _discovered:
+        return
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"methods.{module}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a plug-in that cannot import is an error, not a silent skip
+            raise ImportError(f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP} "
+                              f"failed to import: {exc}") from exc
+    _discovered = True
+
+
+def list_methods() -> list[str]:
+    """Sorted names of every registered method."""
+    discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The class registered as ``name``; :class:`UnknownMethodError` lists the known names."""
+    discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}") from None

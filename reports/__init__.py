@@ -1,0 +1,1 @@
+"""Tables and figures rendered from MLflow queries only (plus the published reference panel)."""
