@@ -4,7 +4,8 @@ The reference loop: per axis ``n = ceil((S - P) / stride) + 1`` windows starting
 ``min(stride * i, S - P)``, softmax of every window summed and divided by the per-voxel count,
 zero padding (centred) when ``S < P``. MONAI's ``sliding_window_inference(mode="constant")`` makes the
 same grid when the per-axis overlap gives ``int(P * (1 - overlap)) == stride``; we pass
-``overlap = 1 - (stride + 0.5) / P`` so float truncation cannot shift the interval.
+``overlap = 1 - (stride + 0.5) / P`` (0 when ``stride == P``) so float truncation cannot shift
+the interval.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def reference_overlap(patch: Sequence[int], stride: Sequence[int]) -> list[float
     for p, s in zip(patch, stride):
         if not 0 < s <= p:
             raise ValueError(f"stride {tuple(stride)} must be in (0, patch] for patch {tuple(patch)}")
-    return [1.0 - (s + 0.5) / p for p, s in zip(patch, stride)]
+    return [0.0 if s == p else 1.0 - (s + 0.5) / p for p, s in zip(patch, stride)]
 
 
 @torch.no_grad()

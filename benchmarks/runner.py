@@ -108,6 +108,10 @@ class StudyRunner:
                 self._cases[case_id] = read_case(self.dataset, case_id)
         return [self._cases[i] for i in ids]
 
+    def test_ids(self) -> list[str]:
+        """The test cases evaluated: all, or the first ``max_test_cases`` under the profile."""
+        return self.splits["test"][: self.profile.max_test_cases or None]
+
     def cells(self) -> list[Cell]:
         return [Cell(self.study, self.profile, m, s, self.iterations, self.configs[m], self.dataset, self.split_sha)
                 for m in self.methods for s in self.seeds]
@@ -116,6 +120,9 @@ class StudyRunner:
         """Run every cell not finished yet; returns one summary dict per cell."""
         experiment_id = ensure_experiment(self.study.study)
         cells, results, parent_id = self.cells(), [], None
+        pending = [c for c in cells if not find_finished_run(experiment_id, c.run_key)]
+        if pending:  # read and check every case of the splits first: bad data fails before any run exists
+            self.cases(self.splits["train"] + self.splits["test"])
         for cell in cells:
             done = find_finished_run(experiment_id, cell.run_key)
             if done:
@@ -159,7 +166,7 @@ class StudyRunner:
                   on_log=lambda step, logs: mlflow.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=step),
                   progress=self.progress, description=f"{cell.method} seed {cell.seed}")
             train_time = time.time() - train_start
-            test_ids = self.splits["test"][: cell.profile.max_test_cases or None]
+            test_ids = self.test_ids()
             eval_start = time.time()
             per_case = evaluate(method, self.cases(test_ids), self.dataset, cell.profile.patch,
                                 cell.profile.eval_stride, self.protocol)

@@ -21,5 +21,6 @@ def finished_runs(study: str, profile: str, tracking_uri: str | None = None) -> 
         runs = runs[runs["tags.run_key"].notna()]
     if runs.empty:
         raise NoRunsError(f"no finished run of study {study!r} with profile {profile!r} at {mlflow.get_tracking_uri()}")
-    # one run per run_key (the newest), in case a cell was re-run under another parent
-    return runs.sort_values("start_time").groupby("tags.run_key").tail(1).reset_index(drop=True)
+    # one run per (method, seed): the newest, so a cell re-run under a changed configuration
+    # replaces the stale one instead of being averaged with it
+    return runs.sort_values("start_time").groupby(["tags.method", "tags.seed"]).tail(1).reset_index(drop=True)

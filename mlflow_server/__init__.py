@@ -1,0 +1,1 @@
+"""Starting, checking and stopping a real MLflow tracking server."""

@@ -1,0 +1,48 @@
+"""Speed targets, measured with pytest-benchmark (``make bench``); in ``make test`` each runs once.
+
+Sizes are the ``cpu`` profile's: a V-Net (nf 8) train step on 2+2 crops of 48x48x32, sliding-window
+inference of one 64x64x48 case, and the ``dhc`` metrics of one case.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.config import load_profile
+from benchmarks.data.synthetic import SyntheticAbdomen
+from benchmarks.inference import sliding_window_probs
+from benchmarks.metrics import PROTOCOLS, evaluate_case
+from methods import Batch, get_method
+
+PROFILE = load_profile("cpu")
+
+
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher"])
+def test_train_step(benchmark, name: str) -> None:
+    torch.manual_seed(0)
+    cls = get_method(name)
+    method = cls(cls.Config(**PROFILE.method_overrides), 16, max_iterations=100)
+    batch = Batch(torch.rand(2, 1, *PROFILE.patch), torch.randint(0, 16, (2, *PROFILE.patch)),
+                  torch.rand(2, 1, *PROFILE.patch))
+    benchmark.extra_info["patch"] = list(PROFILE.patch)
+    logs = benchmark.pedantic(method.train_step, args=(batch, 1), rounds=5, warmup_rounds=1, iterations=1)
+    assert np.isfinite(logs["loss"])
+
+
+def test_sliding_window_case(benchmark) -> None:
+    torch.manual_seed(0)
+    cls = get_method("supervised")
+    method = cls(cls.Config(**PROFILE.method_overrides), 16, max_iterations=100)
+    image = torch.rand(1, 1, *PROFILE.cohort_shape)
+    probs = benchmark.pedantic(sliding_window_probs, args=(image, method.predict, PROFILE.patch, PROFILE.eval_stride),
+                               rounds=3, warmup_rounds=1, iterations=1)
+    assert probs.shape == (1, 16, *PROFILE.cohort_shape)
+
+
+def test_case_metrics(benchmark) -> None:
+    _, gt, spacing = SyntheticAbdomen().generate(PROFILE.cohort_shape, 1)
+    _, pred, _ = SyntheticAbdomen().generate(PROFILE.cohort_shape, 2)
+    dices, asds = benchmark.pedantic(evaluate_case, args=(pred, gt, 16, PROTOCOLS["dhc"], spacing),
+                                     rounds=5, warmup_rounds=1, iterations=1)
+    assert dices.shape == asds.shape == (15,)

@@ -1,0 +1,115 @@
+"""End to end through the CLI: smoke study -> MLflow -> report; idempotent re-runs; bad input exits non-zero."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from benchmarks.cli import main
+from benchmarks.config import PROJECT_ROOT, STUDIES_DIR
+
+ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+          "inferior_vena_cava", "pancreas", "right_adrenal_gland", "left_adrenal_gland", "duodenum", "bladder",
+          "prostate_uterus"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def finished(uri: str, study: str = "table2") -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(study) is None:
+        return pd.DataFrame()
+    runs = mlflow.search_runs(experiment_names=[study], filter_string="attributes.status = 'FINISHED'")
+    return runs[runs["tags.run_key"].notna()] if "tags.run_key" in runs else runs.iloc[0:0]
+
+
+def test_smoke_study_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]) == 0
+    runs = finished(mlflow_store)
+    assert sorted(runs["tags.method"]) == ["fully", "mean_teacher", "supervised"]
+    assert set(runs["tags.seed"]) == {"0"}
+    for organ in ORGANS:
+        assert runs[f"metrics.test/dice/{organ}"].notna().all()
+        assert runs[f"metrics.test/asd/{organ}"].notna().all()
+    for key in ("test/dice_mean", "test/dice_large", "test/dice_small", "test/asd_mean", "cost/params_M"):
+        assert runs[f"metrics.{key}"].notna().all(), key
+    for tag in ("run_key", "profile", "dataset", "protocol", "git_commit", "git_dirty", "asd_units", "empty_rule"):
+        assert runs[f"tags.{tag}"].notna().all(), tag
+    assert (runs["tags.protocol"] == "dhc").all() and (runs["tags.dataset_kind"] == "synthetic").all()
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1  # children of one launch
+    client = mlflow.MlflowClient()
+    curve = client.get_metric_history(runs["run_id"].iloc[0], "train/loss")
+    assert len(curve) >= 2  # a training curve, not just a final value
+    artifacts = {a.path for a in client.list_artifacts(runs["run_id"].iloc[0], "eval")}
+    assert "eval/per_case.csv" in artifacts
+
+    capsys.readouterr()
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 run(s) trained, 3 already finished" in out
+    assert len(finished(mlflow_store)) == 3
+
+    assert main(["report", "table2", "--profile", "smoke", "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "table2.md").read_text()
+    for title in ("V-Net (fully)", "V-Net (labeled only)", "Mean Teacher"):
+        assert title in md
+    assert "SYNTHETIC" in md and "Published" in md
+    table = pd.read_csv(tmp_path / "out" / "table2.csv", header=[0, 1], index_col=0)
+    assert table[("dice_percent", "liver")].notna().all() and len(table) == 3
+    assert (tmp_path / "out" / "table2.png").stat().st_size > 10_000
+
+
+def test_unknown_method_exits_with_known_list(mlflow_store: str) -> None:
+    result = cli("run", "table2", "--profile", "smoke", "--methods", "mean_techer")
+    assert result.returncode == 2
+    assert "unknown method 'mean_techer'" in result.stderr and "mean_teacher" in result.stderr
+
+
+def test_typo_in_study_file_exits(tmp_path: Path, mlflow_store: str) -> None:
+    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
+    raw["labelled_ratio"] = raw.pop("labeled_ratio")
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = cli("run", str(path), "--profile", "smoke")
+    assert result.returncode == 2
+    assert "labelled_ratio" in result.stderr and str(path) in result.stderr
+
+
+def test_corrupt_nifti_fails_before_any_run(cohort_copy: Path, mlflow_store: str) -> None:
+    bad = cohort_copy / "labelsTr" / "syn_0300.nii.gz"  # a test case: read before training starts
+    bad.write_bytes(bad.read_bytes()[:100])
+    result = cli("run", "table2", "--profile", "smoke", "--data", str(cohort_copy), "--no-progress")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr
+    assert finished(mlflow_store).empty
+
+
+def test_split_naming_missing_case_fails(cohort_copy: Path, mlflow_store: str) -> None:
+    split = cohort_copy / "splits" / "labeled_5p.txt"
+    split.write_text(split.read_text() + "syn_0999\n")
+    (cohort_copy / "splits" / "SHA256SUMS").unlink()
+    result = cli("run", "table2", "--profile", "smoke", "--data", str(cohort_copy))
+    assert result.returncode == 2
+    assert "syn_0999" in result.stderr and "labeled_5p.txt" in result.stderr
+    assert finished(mlflow_store).empty
+
+
+def test_report_without_runs_is_a_clear_error(mlflow_store: str) -> None:
+    result = cli("report", "table2", "--profile", "smoke")
+    assert result.returncode == 2 and "run the study first" in result.stderr
+
+
+def test_list_methods() -> None:
+    result = cli("list-methods")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["fully", "mean_teacher", "supervised"]

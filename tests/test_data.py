@@ -1,0 +1,141 @@
+"""Dataset reading: the synthetic cohort's layout, and every kind of bad input named precisely."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmarks.data import load_dataset, read_case, read_split, split_name
+from benchmarks.data.synthetic import AMOS_CLASSES, SyntheticAbdomen, synthetic_split_ids
+from benchmarks.errors import DatasetError
+
+
+def test_cohort_layout_and_split_sizes(tiny_cohort: Path) -> None:
+    info = load_dataset(tiny_cohort)
+    assert info.synthetic and info.class_names == AMOS_CLASSES and info.num_classes == 16
+    sizes = {name: len(read_split(info, name)) for name in
+             ("train", "eval", "test", "labeled_5p", "unlabeled_5p", "labeled_2p", "labeled_10p")}
+    assert sizes == {"train": 216, "eval": 24, "test": 120, "labeled_5p": 10, "unlabeled_5p": 206,
+                     "labeled_2p": 4, "labeled_10p": 21}
+    train = set(read_split(info, "train"))
+    assert set(read_split(info, "labeled_5p")) | set(read_split(info, "unlabeled_5p")) == train
+    assert not train & set(read_split(info, "test"))
+    case = read_case(info, "syn_0001")
+    assert case.image.shape == case.label.shape == (16, 16, 16)
+    assert 0.0 <= case.image.min() and case.image.max() <= 1.0
+    assert "SYNTHETIC" in json.loads((tiny_cohort / "dataset.json").read_text())["description"]
+
+
+def test_generator_is_deterministic_and_organs_do_not_overlap() -> None:
+    gen = SyntheticAbdomen()
+    a_img, a_lab, spacing = gen.generate((32, 32, 24), 5)
+    b_img, b_lab, _ = gen.generate((32, 32, 24), 5)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    c_img, _, _ = gen.generate((32, 32, 24), 6)
+    assert not np.array_equal(a_img, c_img)
+    present = set(np.unique(a_lab).tolist())
+    assert {6, 7, 1, 2, 3, 8, 9}.issubset(present)  # the large organs and the great vessels
+    assert len(spacing) == 3 and all(s > 0 for s in spacing)
+
+
+def test_labeled_subsets_are_nested() -> None:
+    splits = synthetic_split_ids()
+    assert set(splits["labeled_2p"]) < set(splits["labeled_5p"]) < set(splits["labeled_10p"])
+
+
+def test_split_name() -> None:
+    assert split_name(0.05, "labeled") == "labeled_5p"
+    with pytest.raises(DatasetError, match="whole percentage"):
+        split_name(0.055, "labeled")
+
+
+def test_truncated_nifti_is_named(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    path = info.image_path("syn_0003")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DatasetError, match=str(path)):
+        read_case(info, "syn_0003")
+
+
+def test_garbage_nifti_is_named(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    path = info.label_path("syn_0004")
+    path.write_bytes(gzip.compress(b"this is not a NIfTI file"))
+    with pytest.raises(DatasetError, match=str(path)):
+        read_case(info, "syn_0004")
+
+
+def _rewrite(path: Path, fn) -> None:
+    img = nib.load(str(path))
+    data = fn(np.asarray(img.dataobj))
+    nib.save(nib.Nifti1Image(data, img.affine), str(path))
+
+
+def test_shape_mismatch(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    _rewrite(info.label_path("syn_0005"), lambda a: a[:, :, :-1])
+    with pytest.raises(DatasetError, match="shape"):
+        read_case(info, "syn_0005")
+
+
+def test_label_outside_class_map(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    def bad(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a[0, 0, 0] = 21
+        return a
+    _rewrite(info.label_path("syn_0006"), bad)
+    with pytest.raises(DatasetError, match=r"label values \[21\]"):
+        read_case(info, "syn_0006")
+
+
+def test_nan_voxels(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    def bad(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float32)
+        a[1, 1, 1] = np.nan
+        return a
+    _rewrite(info.image_path("syn_0007"), bad)
+    with pytest.raises(DatasetError, match="NaN"):
+        read_case(info, "syn_0007")
+
+
+def _edit_split(root: Path, name: str, ids: list[str]) -> None:
+    (root / "splits" / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    (root / "splits" / "SHA256SUMS").unlink()  # the user edits splits knowingly
+
+
+def test_split_with_missing_case(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    _edit_split(cohort_copy, "labeled_5p", read_split(info, "labeled_5p") + ["syn_9999"])
+    with pytest.raises(DatasetError, match=r"labeled_5p\.txt.*syn_9999"):
+        read_split(info, "labeled_5p")
+
+
+def test_split_with_duplicate(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    ids = read_split(info, "test")
+    _edit_split(cohort_copy, "test", ids + ids[:1])
+    with pytest.raises(DatasetError, match="listed twice"):
+        read_split(info, "test")
+
+
+def test_split_checksum_mismatch(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    path = cohort_copy / "splits" / "eval.txt"
+    path.write_text(path.read_text() + "syn_0001\n")
+    with pytest.raises(DatasetError, match="checksum"):
+        read_split(info, "eval")
+
+
+def test_missing_split_and_dataset_json(cohort_copy: Path, tmp_path: Path) -> None:
+    info = load_dataset(cohort_copy)
+    with pytest.raises(DatasetError, match="labeled_7p.*available"):
+        read_split(info, "labeled_7p")
+    with pytest.raises(DatasetError, match="dataset.json not found"):
+        load_dataset(tmp_path / "nowhere")

@@ -1,0 +1,140 @@
+"""Conformance of every registered method, plus the shared building blocks (V-Net, EMA, ramps)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from methods import Batch, UnknownMethodError, get_method, list_methods
+from methods.common.ema import ema_update, make_teacher
+from methods.common.ramps import poly_lr, sigmoid_rampup
+from methods.common.vnet import VNet, count_parameters
+
+PATCH = (16, 16, 16)
+NUM_CLASSES = 4
+
+
+def make_batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.rand(2, 1, *PATCH, generator=g), torch.randint(0, NUM_CLASSES, (2, *PATCH), generator=g),
+                 torch.rand(2, 1, *PATCH, generator=g))
+
+
+def build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cls = get_method(name)
+    return cls(cls.Config(base_filters=4), NUM_CLASSES, max_iterations=10)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_two_iterations_finite_and_predict_shape(name: str) -> None:
+    method = build(name)
+    for step in range(2):
+        logs = method.train_step(make_batch(step), step)
+        assert logs and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert method.predict(torch.rand(1, 1, *PATCH)).shape == (1, NUM_CLASSES, *PATCH)
+    assert method.inference_modules() and count_parameters(*method.inference_modules().values()) > 0
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_same_seed_same_numbers(name: str) -> None:
+    def run() -> list[float]:
+        method = build(name, seed=3)
+        torch.manual_seed(7)
+        return [method.train_step(make_batch(s), s)["loss"] for s in range(2)]
+
+    assert run() == run()
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_checkpoint_round_trip(name: str) -> None:
+    method = build(name)
+    method.train_step(make_batch(), 0)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    restored = build(name, seed=99)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    x = torch.rand(1, 1, *PATCH)
+    torch.testing.assert_close(restored.predict(x), method.predict(x))
+    torch.manual_seed(1)
+    a = method.train_step(make_batch(5), 1)["loss"]
+    torch.manual_seed(1)
+    b = restored.train_step(make_batch(5), 1)["loss"]
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_mean_teacher_consistency_sends_gradient_to_student() -> None:
+    """The USB bug class: the unsupervised term must reach the student's parameters."""
+    method = build("mean_teacher")
+    batch = make_batch()
+    logits_u = method.student(batch.image_u)
+    with torch.no_grad():
+        teacher = method.teacher(batch.image_u + 0.05)
+    from methods.common.losses import softmax_mse
+    softmax_mse(logits_u, teacher).backward()
+    grads = [p.grad.abs().sum().item() for p in method.student.parameters() if p.grad is not None]
+    assert grads and sum(grads) > 0
+    assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_mean_teacher_teacher_follows_ema() -> None:
+    method = build("mean_teacher")
+    before = [p.clone() for p in method.teacher.parameters()]
+    method.train_step(make_batch(), 0)  # alpha = min(1 - 1/1, 0.99) = 0: teacher copies the student
+    for t, s, b in zip(method.teacher.parameters(), method.student.parameters(), before):
+        torch.testing.assert_close(t, s)
+    assert any(not torch.equal(t, b) for t, b in zip(method.teacher.parameters(), before))
+
+
+def test_mean_teacher_weight_ramps_over_budget() -> None:
+    method = build("mean_teacher")
+    assert method.consistency_weight(0) == pytest.approx(0.1 * 0.006737947)
+    assert method.consistency_weight(10) == pytest.approx(0.1)
+
+
+def test_unknown_method_lists_known_ones() -> None:
+    with pytest.raises(UnknownMethodError) as info:
+        get_method("dhcc")
+    assert "dhcc" in str(info.value) and "mean_teacher" in str(info.value) and "supervised" in str(info.value)
+
+
+def test_unknown_config_key_is_named() -> None:
+    with pytest.raises(KeyError, match="consistancy"):
+        get_method("mean_teacher").resolve_config({"consistancy": 0.2}, "study.yaml")
+
+
+@pytest.mark.parametrize(("nf", "norm", "classes", "expected"), [
+    (16, "instance", 16, 9_443_504),   # MagicNet/TAK backbone: 9.44 M (spec 1.1)
+    (16, "batch", 16, 9_449_104),      # GA-CPS: 9.45 M
+    (32, "batch", 14, 37_778_126),     # DHC family: 37.78 M
+])
+def test_vnet_parameter_counts(nf: int, norm: str, classes: int, expected: int) -> None:
+    assert count_parameters(VNet(1, classes, nf, norm)) == expected
+
+
+def test_vnet_rejects_nothing_silently_and_keeps_shape() -> None:
+    net = VNet(1, 3, 4, "batch", dropout=True).eval()
+    assert net(torch.rand(2, 1, 32, 16, 48)).shape == (2, 3, 32, 16, 48)
+
+
+def test_ema_alpha_schedule() -> None:
+    student = torch.nn.Linear(2, 2)
+    teacher = make_teacher(student)
+    assert ema_update(teacher, student, 0) == 0.0
+    assert ema_update(teacher, student, 1) == 0.5
+    assert ema_update(teacher, student, 10_000) == 0.99
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        teacher.weight.fill_(0.0)
+    ema_update(teacher, student, 1)
+    torch.testing.assert_close(teacher.weight, torch.full((2, 2), 0.5))
+
+
+def test_ramps() -> None:
+    assert sigmoid_rampup(0, 100) == pytest.approx(0.006737947)
+    assert sigmoid_rampup(50, 100) == pytest.approx(0.2865048)
+    assert sigmoid_rampup(150, 100) == 1.0
+    assert poly_lr(0.01, 100, 100) == 0.0
+    assert poly_lr(0.03, 10, 100) == pytest.approx(0.03 * 0.9**0.9)
