@@ -6,6 +6,7 @@ A cell whose key already has a FINISHED run is skipped; a crash leaves the run F
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,22 +120,28 @@ class StudyRunner:
     def run(self) -> list[dict[str, Any]]:
         """Run every cell not finished yet; returns one summary dict per cell."""
         experiment_id = ensure_experiment(self.study.study)
-        cells, results, parent_id = self.cells(), [], None
-        pending = [c for c in cells if not find_finished_run(experiment_id, c.run_key)]
-        if pending:  # read and check every case of the splits first: bad data fails before any run exists
+        cells, results = self.cells(), []
+        finished = {cell.run_key: find_finished_run(experiment_id, cell.run_key) for cell in cells}
+        if all(finished.values()):
+            parent_id = None
+        else:  # read and check every split case first: bad data fails before any run exists
             self.cases(self.splits["train"] + self.splits["test"])
-        for cell in cells:
-            done = find_finished_run(experiment_id, cell.run_key)
-            if done:
-                print(f"[skip] {cell.method} seed {cell.seed}: finished run {done} has run_key {cell.run_key}")
-                results.append({"method": cell.method, "seed": cell.seed, "run_id": done, "skipped": True})
-                continue
-            if parent_id is None:
-                parent = mlflow.MlflowClient().create_run(
-                    experiment_id, run_name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
-                    tags={"launch": "true", "profile": self.profile.name, **git_state()})
-                parent_id = parent.info.run_id
-            results.append(self.run_cell(cell, experiment_id, parent_id))
+            parent_id = mlflow.MlflowClient().create_run(
+                experiment_id, run_name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={"launch": "true", "profile": self.profile.name, "study": self.study.study, **git_state()},
+            ).info.run_id
+        try:
+            for cell in cells:
+                done = finished[cell.run_key]
+                if done:
+                    print(f"[skip] {cell.method} seed {cell.seed}: finished run {done} has run_key {cell.run_key}")
+                    results.append({"method": cell.method, "seed": cell.seed, "run_id": done, "skipped": True})
+                else:
+                    results.append(self.run_cell(cell, experiment_id, parent_id))
+        except BaseException:
+            if parent_id is not None:
+                mlflow.MlflowClient().set_terminated(parent_id, "FAILED")
+            raise
         if parent_id is not None:
             mlflow.MlflowClient().set_terminated(parent_id, "FINISHED")
         return results
@@ -158,7 +165,11 @@ class StudyRunner:
             seed_everything(cell.seed)
             method: Method = cls(cls.Config(**cell.method_config), self.dataset.num_classes, cell.iterations,
                                  device=cell.profile.device)
-            sampler = TwoStreamSampler(self.cases(labeled_ids), self.cases(unlabeled_ids), cell.profile.labeled_batch,
+            labeled_cases, unlabeled_cases = self.cases(labeled_ids), self.cases(unlabeled_ids)
+            per_epoch = (math.ceil(len(unlabeled_cases) / cell.profile.unlabeled_batch) if unlabeled_cases else
+                         math.ceil(len(labeled_cases) / (cell.profile.labeled_batch + cell.profile.unlabeled_batch)))
+            method.observe_data([c.label for c in labeled_cases], per_epoch)
+            sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, cell.profile.labeled_batch,
                                        cell.profile.unlabeled_batch, cell.profile.patch, cell.seed,
                                        cls.uses_unlabeled, cell.profile.device)
             train_start = time.time()

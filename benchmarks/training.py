@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.data import Case
+from benchmarks.errors import OrganbenchError
 from methods.base import Batch, Method
 from methods.common.ramps import poly_lr
 
@@ -82,7 +83,7 @@ class TwoStreamSampler:
         return Batch(image_l, label_l, image_u)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(OrganbenchError):
     """A loss became NaN or infinite."""
 
 

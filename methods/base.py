@@ -9,7 +9,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -61,6 +63,8 @@ class Method(abc.ABC):
         uses_unlabeled: the sampler feeds unlabeled images.
         label_pool: ``labeled`` (the split's labeled cases) or ``all`` (every training label: the
             fully supervised upper bound).
+        unsupervised_weight_field: name of the config field that weights the unlabeled-data loss
+            (the conformance tests zero it to check that the term sends a gradient).
     """
 
     name: ClassVar[str] = ""
@@ -69,6 +73,7 @@ class Method(abc.ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_unlabeled: ClassVar[bool] = True
     label_pool: ClassVar[Literal["labeled", "all"]] = "labeled"
+    unsupervised_weight_field: ClassVar[str | None] = None  # config field scaling the unlabeled loss
 
     def __init__(self, config: MethodConfig, num_classes: int, max_iterations: int, in_channels: int = 1,
                  device: str | torch.device = "cpu") -> None:
@@ -77,6 +82,7 @@ class Method(abc.ABC):
         self.in_channels = in_channels
         self.max_iterations = max_iterations
         self.device = torch.device(device)
+        self.iterations_per_epoch = 1
         self.build()
         for module in self.modules().values():
             module.to(self.device)
@@ -139,6 +145,15 @@ class Method(abc.ABC):
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
         self.load_extra_state(state["extra"])
+
+    def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:
+        """Called once before training with the labeled pool's label volumes and the number of
+        iterations that make one pass over the unlabeled cases (the references' "epoch").
+
+        Methods that initialise statistics from the labeled set (DHC's distribution weights, CLD's
+        class weights) or count epochs (faithful UA-MT EMA) override it.
+        """
+        self.iterations_per_epoch = iterations_per_epoch
 
     def extra_state(self) -> dict[str, Any]:
         """Non-module state (class weights, banks); override when a method has some."""

@@ -38,6 +38,7 @@ class MeanTeacherConfig(MethodConfig):
 class MeanTeacher(Method):
     title = "Mean Teacher"
     group = "general"
+    unsupervised_weight_field = "consistency"
     Config = MeanTeacherConfig
     config: MeanTeacherConfig
 

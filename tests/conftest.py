@@ -8,8 +8,6 @@ import pytest
 
 from benchmarks.data.synthetic import SyntheticAbdomen, write_cohort
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:

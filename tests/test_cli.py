@@ -113,3 +113,15 @@ def test_list_methods() -> None:
     result = cli("list-methods")
     assert result.returncode == 0
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["fully", "mean_teacher", "supervised"]
+
+
+def test_crashed_run_is_failed_never_finished(tiny_cohort: Path, mlflow_store: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from methods.supervised import Supervised
+    monkeypatch.setattr(Supervised, "train_step", lambda self, batch, step: {"loss": float("nan")})
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+                 "--no-progress"]) == 2
+    mlflow.set_tracking_uri(mlflow_store)
+    runs = mlflow.search_runs(experiment_names=["table2"])
+    assert set(runs["status"]) == {"FAILED"}  # the cell and its launch
+    assert finished(mlflow_store).empty

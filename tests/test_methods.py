@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,10 +22,13 @@ def make_batch(seed: int = 0) -> Batch:
                  torch.rand(2, 1, *PATCH, generator=g))
 
 
-def build(name: str, seed: int = 0):
+def build(name: str, seed: int = 0, **overrides: object):
     torch.manual_seed(seed)
     cls = get_method(name)
-    return cls(cls.Config(base_filters=4), NUM_CLASSES, max_iterations=10)
+    method = cls(cls.Config(base_filters=4, **overrides), NUM_CLASSES, max_iterations=10)
+    labels = [np.random.default_rng(i).integers(0, NUM_CLASSES, (20, 20, 20)) for i in range(3)]
+    method.observe_data(labels, iterations_per_epoch=5)
+    return method
 
 
 @pytest.mark.parametrize("name", list_methods())
@@ -63,6 +67,26 @@ def test_checkpoint_round_trip(name: str) -> None:
     torch.manual_seed(1)
     b = restored.train_step(make_batch(5), 1)["loss"]
     assert a == pytest.approx(b, rel=1e-5)
+
+
+SEMI_SUPERVISED = [n for n in list_methods() if get_method(n).unsupervised_weight_field]
+
+
+@pytest.mark.parametrize("name", SEMI_SUPERVISED)
+def test_unsupervised_term_sends_gradient(name: str) -> None:
+    """The USB bug class: with everything else equal, switching the unlabeled loss on must change
+    the inference networks' update (no normalisation, no dropout: labeled and unlabeled samples do not
+    interact through normalisation)."""
+    field = get_method(name).unsupervised_weight_field
+
+    def updated_params(weight: float) -> list[torch.Tensor]:
+        method = build(name, seed=0, norm="none", dropout=False, **{field: weight})
+        torch.manual_seed(11)
+        method.train_step(make_batch(2), step=10)  # ramp-ups saturated (budget 10)
+        return [p.detach().clone() for m in method.inference_modules().values() for p in m.parameters()]
+
+    without, with_ = updated_params(0.0), updated_params(1.0)
+    assert any(not torch.equal(a, b) for a, b in zip(without, with_))
 
 
 def test_mean_teacher_consistency_sends_gradient_to_student() -> None:

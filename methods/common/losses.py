@@ -49,3 +49,13 @@ def soft_dice_fg(probs: torch.Tensor, labels: torch.Tensor, smooth: float = 1e-8
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over voxels and classes of ``(softmax(z_s) - softmax(z_t))^2``; the teacher is detached."""
     return F.mse_loss(student_logits.softmax(1), teacher_logits.detach().softmax(1))
+
+
+def weighted_ce_map(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                    voxel_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """DHC/CLD ``WeightedCrossEntropyLoss`` (spec 1.3e): per-voxel CE x class weight x mask, averaged
+    over **all** voxels (masked-out voxels count in the denominator)."""
+    loss = F.cross_entropy(logits, labels.long(), weight=weights, reduction="none")
+    if voxel_mask is not None:
+        loss = loss * voxel_mask
+    return loss.mean()

@@ -1,0 +1,63 @@
+"""Two-network co-training (CPS and the DHC family, spec 4.4-4.5 and 4.8-4.12).
+
+Networks A and B with separate SGD optimisers; prediction is ``softmax((z_A + z_B) / 2)`` at test
+time, i.e. :meth:`TwoNetMethod.predict` returns the mean logits (the harness applies the softmax).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.base import Batch, Method, MethodConfig
+from methods.common.ramps import sigmoid_rampup
+
+
+@dataclass
+class CoTrainingConfig(MethodConfig):
+    """DHC scripts: lr 0.03 (``-l 3e-2``), unsupervised weight 0.1 (``-w 0.1``) with sigmoid ramp-up."""
+
+    cps_weight: float = 0.1
+    """Maximum weight of the cross pseudo-supervision term."""
+    init_b: str = "xavier"
+    """Initialisation of network B (A is always Kaiming); DHC itself uses ``kaiming`` for both."""
+
+
+class TwoNetMethod(Method):
+    """Base of the co-training methods: builds A and B, averages their logits at inference."""
+
+    config: CoTrainingConfig
+    unsupervised_weight_field = "cps_weight"
+
+    def build(self) -> None:
+        self.net_a = self.make_vnet(init="kaiming")
+        self.net_b = self.make_vnet(init=self.config.init_b)
+        self.optimizers = [self.make_sgd(self.net_a), self.make_sgd(self.net_b)]
+
+    def cps_weight(self, step: int) -> float:
+        """``w * rampup(t, T)`` over the whole budget (the DHC family ramps over all epochs)."""
+        return self.config.cps_weight * sigmoid_rampup(step, self.max_iterations)
+
+    def forward_both(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of A and B on the whole batch (labeled first, then unlabeled)."""
+        self.net_a.train()
+        self.net_b.train()
+        x = torch.cat([batch.image_l, batch.image_u])
+        return self.net_a(x), self.net_b(x)
+
+    def optimise(self, loss: torch.Tensor) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.net_a.eval()
+        self.net_b.eval()
+        return (self.net_a(x) + self.net_b(x)) / 2
+
+    def inference_modules(self) -> dict[str, nn.Module]:
+        return {"net_a": self.net_a, "net_b": self.net_b}

@@ -1,0 +1,38 @@
+"""``cps``: Cross Pseudo Supervision, as the DHC repository's baseline (spec 4.5).
+
+Two V-Nets (A Kaiming, B Xavier) trained with ``DC_and_CE`` on labeled crops, each supervised by the
+other's hard pseudo-labels on the whole batch: ``CE(z_A, argmax z_B) + CE(z_B, argmax z_A)``, weighted
+by ``0.1 * rampup(t, T)``. Test: mean logits of A and B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from methods.base import Batch
+from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
+from methods.common.losses import dice_and_ce
+from methods.registry import register
+
+
+@dataclass
+class CPSConfig(CoTrainingConfig):
+    """DHC-family defaults."""
+
+
+@register("cps")
+class CPS(TwoNetMethod):
+    title = "CPS"
+    group = "general"
+    Config = CPSConfig
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        n_l = batch.image_l.shape[0]
+        logits_a, logits_b = self.forward_both(batch)
+        sup = dice_and_ce(logits_a[:n_l], batch.label_l) + dice_and_ce(logits_b[:n_l], batch.label_l)
+        cps = F.cross_entropy(logits_a, logits_b.argmax(1).detach()) + F.cross_entropy(logits_b, logits_a.argmax(1).detach())
+        weight = self.cps_weight(step)
+        loss = sup + weight * cps
+        self.optimise(loss)
+        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
