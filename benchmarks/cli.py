@@ -57,6 +57,87 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_for(args: argparse.Namespace):
+    from benchmarks.data import load_dataset
+    from benchmarks.data.sources import resolve_dataset
+    if Path(args.dataset).is_dir():
+        return load_dataset(args.dataset)
+    return resolve_dataset(args.dataset, load_profile(args.profile))
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    """Per-organ anatomy statistics of the labeled training cases (or of one label file)."""
+    import mlflow
+    import nibabel as nib
+    import numpy as np
+
+    from benchmarks.data import read_case, read_split, split_name
+    from benchmarks.data.anatomy import organ_statistics, reference_foreground_shares
+    from benchmarks.data.nifti import _load_nifti
+    from benchmarks.tracking import ensure_experiment, setup_tracking
+    if args.label_file:
+        from benchmarks.data.synthetic import AMOS_CLASSES
+        data, _, spacing = _load_nifti(Path(args.label_file))
+        labels, spacings, organs, name, kind = [data.astype(np.int64)], [spacing], AMOS_CLASSES[1:], Path(args.label_file).name, "real"
+    else:
+        info = _dataset_for(args)
+        ids = read_split(info, split_name(args.labeled_ratio, "labeled"))
+        cases = [read_case(info, i) for i in ids]
+        labels, spacings, organs = [c.label for c in cases], [c.spacing for c in cases], info.organs
+        name, kind = info.name, "synthetic" if info.synthetic else "real"
+    table = organ_statistics(labels, spacings, organs)
+    reference = reference_foreground_shares()
+    table.insert(2, "amos0013_share", table["organ"].map(reference))
+    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}_stats.csv"
+    table.to_csv(path, index=False)
+    with_pct = table.assign(voxel_share=100 * table["voxel_share"], amos0013_share=100 * table["amos0013_share"])
+    print(f"{name} ({kind.upper()}), {len(labels)} label map(s); shares in % of the foreground")
+    print(with_pct.round(3).to_string(index=False))
+    setup_tracking()
+    with mlflow.start_run(experiment_id=ensure_experiment("data-stats"), run_name=f"stats-{name}",
+                          tags={"dataset": name, "dataset_kind": kind, "cases": str(len(labels))}):
+        mlflow.log_metrics({f"share/{r.organ}": float(r.voxel_share) for r in table.itertuples()})
+        mlflow.log_metrics({f"hull_ratio/{r.organ}": float(r.hull_ratio) for r in table.itertuples()
+                            if r.hull_ratio == r.hull_ratio})
+        mlflow.log_artifact(str(path), "stats")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    """Axial/coronal slices with label overlay of a few cases (synthetic cohort or a prepared folder)."""
+    import nibabel as nib
+
+    from benchmarks.data.preview import render_preview
+    info = _dataset_for(args)
+    from benchmarks.data import read_split
+    ids = read_split(info, "train")[: args.cases]
+    cases = []
+    for case_id in ids:
+        image = nib.load(str(info.image_path(case_id)))
+        label = nib.load(str(info.label_path(case_id)))
+        cases.append((case_id, image.get_fdata(), label.get_fdata().astype(int), image.affine))
+    kind = "SYNTHETIC" if info.synthetic else "real"
+    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / "data" / f"{info.name}_preview.png"
+    render_preview(cases, info.class_names, out, f"{info.name} ({kind} data): axial and coronal slices")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Convert a real release into ``datasets/<name>/prepared`` (once; finished cases are kept)."""
+    from benchmarks.data.prepare import prepare_amos
+    if args.dataset != "amos":
+        raise OrganbenchError(f"data prepare supports 'amos' for now, not {args.dataset!r}")
+    definition = PROJECT_ROOT / "datasets" / "amos"
+    dst = Path(args.dst) if args.dst else definition / "prepared"
+    prepare_amos(Path(args.src), dst, definition, args.protocol)
+    print(f"prepared {args.dataset} ({args.protocol} protocol) at {dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("dataset", nargs="?", default="amos")
     gen.add_argument("--profile", default="cpu")
     gen.set_defaults(func=cmd_data_generate)
+    stats = data_sub.add_parser("stats", help="per-organ voxel share, convex-hull ratio, centroid, extent")
+    stats.add_argument("dataset", nargs="?", default="amos", help="dataset name (synthetic per profile) or folder")
+    stats.add_argument("--profile", default="cpu")
+    stats.add_argument("--labeled-ratio", type=float, default=0.05)
+    stats.add_argument("--label-file", help="one label NIfTI in AMOS ids instead of a dataset")
+    stats.add_argument("--out")
+    stats.set_defaults(func=cmd_data_stats)
+    preview = data_sub.add_parser("preview", help="slices with the label overlay, as PNG")
+    preview.add_argument("dataset", nargs="?", default="amos")
+    preview.add_argument("--profile", default="cpu")
+    preview.add_argument("--cases", type=int, default=3)
+    preview.add_argument("--out")
+    preview.set_defaults(func=cmd_data_preview)
+    prepare = data_sub.add_parser("prepare", help="convert a real release (AMOS22) into the harness layout")
+    prepare.add_argument("dataset", choices=["amos"])
+    prepare.add_argument("--src", required=True, help="folder with imagesTr/labelsTr/imagesVa/labelsVa")
+    prepare.add_argument("--protocol", choices=["ga", "dhc"], default="ga")
+    prepare.add_argument("--dst", help="output folder (default datasets/amos/prepared)")
+    prepare.set_defaults(func=cmd_data_prepare)
     return parser
 
 

@@ -50,6 +50,7 @@ class Study:
     seeds: dict[str, list[int]]
     budget: dict[str, int]
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split_variant: str = ""  # e.g. "corrected": labeled_20p_corrected / unlabeled_20p_corrected
     path: Path = Path()
 
 

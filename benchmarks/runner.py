@@ -16,7 +16,7 @@ import mlflow
 
 from benchmarks.config import Profile, Study, config_hash
 from benchmarks.cost import FLOPS_CONVENTION, forward_gflops, params_millions
-from benchmarks.data import Case, DatasetInfo, read_case, read_split, split_name
+from benchmarks.data import Case, DatasetInfo, check_splits, read_case, read_split, split_name
 from benchmarks.data.sources import resolve_dataset
 from benchmarks.errors import ConfigError
 from benchmarks.evaluation import evaluate, summarize
@@ -90,8 +90,10 @@ class StudyRunner:
         self.configs = {name: self._method_config(name) for name in self.methods}
         self.dataset = resolve_dataset(study.dataset, profile, data_dir, progress)
         ratio = study.labeled_ratio
-        self.split_names = [split_name(ratio, "labeled"), split_name(ratio, "unlabeled"), "train", "test"]
+        self.split_names = [split_name(ratio, "labeled", study.split_variant),
+                            split_name(ratio, "unlabeled", study.split_variant), "train", "test"]
         self.splits = {name: read_split(self.dataset, name) for name in self.split_names}
+        check_splits(self.dataset, self.splits, self.split_names[0], self.split_names[1])
         self.split_sha = _split_sha(self.dataset, self.split_names)
         self.tracking_uri = setup_tracking(tracking_uri)
         self._cases: dict[str, Case] = {}
@@ -153,6 +155,8 @@ class StudyRunner:
         tags = {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, "method_group": cls.group,
                 "profile": cell.profile.name, "dataset": self.dataset.name,
                 "dataset_kind": "synthetic" if self.dataset.synthetic else "real", "split_sha256": self.split_sha,
+                "split_variant": self.study.split_variant or "published",
+                "mri_cases_in_splits": str(len(set(self.dataset.mri_cases) & set(sum(self.splits.values(), [])))),
                 "seed": str(cell.seed), "method_title": cls.title, "organs": ",".join(self.dataset.organs),
                 "large_organs": ",".join(self.dataset.large_organs), "model_selection": "last_iteration", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),

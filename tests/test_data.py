@@ -139,3 +139,28 @@ def test_missing_split_and_dataset_json(cohort_copy: Path, tmp_path: Path) -> No
         read_split(info, "labeled_7p")
     with pytest.raises(DatasetError, match="dataset.json not found"):
         load_dataset(tmp_path / "nowhere")
+
+
+def test_affine_mismatch(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    path = info.label_path("syn_0008")
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine * np.diag([2, 1, 1, 1])), str(path))
+    with pytest.raises(DatasetError, match="affine"):
+        read_case(info, "syn_0008")
+
+
+def test_empty_label_map(cohort_copy: Path) -> None:
+    info = load_dataset(cohort_copy)
+    _rewrite(info.label_path("syn_0009"), lambda a: np.zeros_like(a))
+    with pytest.raises(DatasetError, match="empty"):
+        read_case(info, "syn_0009")
+
+
+def test_synapse_cohort_label_set() -> None:
+    from benchmarks.data.synthetic import SYNAPSE_CLASSES, SyntheticSynapse, synthetic_split_ids
+    _, label, _ = SyntheticSynapse().generate((48, 48, 40), 0)
+    assert set(np.unique(label).tolist()) <= set(range(len(SYNAPSE_CLASSES)))
+    assert (label == SYNAPSE_CLASSES.index("portal_splenic_veins")).any()
+    splits = synthetic_split_ids(SyntheticSynapse.split_sizes, SyntheticSynapse.labeled_counts)
+    assert [len(splits[n]) for n in ("train", "eval", "test", "labeled_10p", "labeled_20p")] == [20, 4, 6, 2, 4]

@@ -33,6 +33,8 @@ class DatasetInfo:
     large_organs: tuple[str, ...]
     intensity_window: tuple[float, float]
     synthetic: bool
+    intensity_norm: str = "fixed"
+    mri_cases: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -79,17 +81,22 @@ def load_dataset(root: str | Path) -> DatasetInfo:
         if unknown:
             raise DatasetError(f"{path}: large_organs names unknown classes {unknown}")
         window = tuple(float(v) for v in meta.get("intensity_window", (-125.0, 275.0)))
-        return DatasetInfo(root, meta["name"], names, large, window, bool(meta.get("synthetic", False)))
+        norm = meta.get("intensity_norm", "fixed")
+        if norm not in ("fixed", "minmax"):
+            raise DatasetError(f"{path}: intensity_norm must be 'fixed' or 'minmax', got {norm!r}")
+        return DatasetInfo(root, meta["name"], names, large, window, bool(meta.get("synthetic", False)), norm,
+                           tuple(meta.get("mri_cases", ())))
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{path}: malformed dataset.json ({type(exc).__name__}: {exc})") from exc
 
 
-def split_name(labeled_ratio: float, part: str) -> str:
-    """``split_name(0.05, "labeled") == "labeled_5p"`` (the DHC file naming)."""
+def split_name(labeled_ratio: float, part: str, variant: str = "") -> str:
+    """``split_name(0.05, "labeled") == "labeled_5p"`` (the DHC file naming); a variant is appended
+    (``split_name(0.2, "unlabeled", "corrected") == "unlabeled_20p_corrected"``)."""
     percent = labeled_ratio * 100
     if abs(percent - round(percent)) > 1e-6:
         raise DatasetError(f"labeled_ratio {labeled_ratio} is not a whole percentage")
-    return f"{part}_{round(percent)}p"
+    return f"{part}_{round(percent)}p" + (f"_{variant}" if variant else "")
 
 
 def _verify_checksum(info: DatasetInfo, path: Path) -> None:
@@ -122,6 +129,28 @@ def read_split(info: DatasetInfo, name: str, check_files: bool = True) -> list[s
                 if not p.is_file():
                     raise DatasetError(f"{path}: case {case_id!r} has no file {p}")
     return ids
+
+
+def check_splits(info: DatasetInfo, splits: dict[str, list[str]], labeled: str, unlabeled: str) -> None:
+    """Labeled and unlabeled subsets must be disjoint parts of ``train``, and ``test`` must not
+    overlap ``train``; errors name the split files and a few offending ids."""
+    where = info.root / "splits"
+    both = sorted(set(splits[labeled]) & set(splits[unlabeled]))
+    if both:
+        raise DatasetError(f"{where}/{labeled}.txt and {unlabeled}.txt share {len(both)} id(s), e.g. {both[:3]}")
+    for name in (labeled, unlabeled):
+        outside = sorted(set(splits[name]) - set(splits["train"]))
+        if outside:
+            hint = ""
+            if name.endswith("_20p") and info.name == "amos":
+                hint = (" This is a known defect of the published AMOS 20% split (its 20p lists come from another "
+                        "train list; 17 unlabeled ids are eval cases). Set `split_variant: corrected` in the study "
+                        "to use labeled_20p_corrected / unlabeled_20p_corrected (named, documented in "
+                        "datasets/amos/README.md).")
+            raise DatasetError(f"{where}/{name}.txt: {len(outside)} id(s) not in train.txt, e.g. {outside[:3]}.{hint}")
+    leak = sorted(set(splits.get("test", [])) & set(splits["train"]))
+    if leak:
+        raise DatasetError(f"{where}/test.txt shares {len(leak)} id(s) with train.txt, e.g. {leak[:3]}")
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -157,6 +186,17 @@ def read_case(info: DatasetInfo, case_id: str) -> Case:
     bad = values[(values < 0) | (values >= info.num_classes)]
     if bad.size:
         raise DatasetError(f"{label_path}: label values {bad.tolist()} outside the class map 0..{info.num_classes - 1}")
+    if values.max(initial=0) == 0:
+        raise DatasetError(f"{label_path}: the label map is empty (no organ voxel)")
+    return Case(case_id, normalise_intensity(image, info), label.astype(np.uint8), spacing)
+
+
+def normalise_intensity(hu: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """Clip to the dataset's window, then scale to [0, 1]: fixed ``(x - lo) / (hi - lo)`` (GA/TAK) or
+    per-volume min-max (DHC)."""
     lo, hi = info.intensity_window
-    image = (np.clip(image, lo, hi) - lo) / (hi - lo)
-    return Case(case_id, image, label.astype(np.uint8), spacing)
+    clipped = np.clip(hu.astype(np.float32), lo, hi)
+    if info.intensity_norm == "minmax":
+        span = float(clipped.max() - clipped.min())
+        return (clipped - clipped.min()) / span if span > 0 else np.zeros_like(clipped)
+    return (clipped - lo) / (hi - lo)

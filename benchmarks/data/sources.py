@@ -5,11 +5,11 @@ from pathlib import Path
 
 from benchmarks.config import PROJECT_ROOT, Profile
 from benchmarks.data.nifti import DatasetInfo, load_dataset
-from benchmarks.data.synthetic import CohortGenerator, SyntheticAbdomen, write_cohort
+from benchmarks.data.synthetic import CohortGenerator, SyntheticAbdomen, SyntheticSynapse, write_cohort
 from benchmarks.errors import ConfigError, DatasetError
 
 DATASETS_DIR = PROJECT_ROOT / "datasets"
-SYNTHETIC_GENERATORS: dict[str, type[CohortGenerator]] = {"amos": SyntheticAbdomen}
+SYNTHETIC_GENERATORS: dict[str, type[CohortGenerator]] = {"amos": SyntheticAbdomen, "synapse": SyntheticSynapse}
 COHORT_SEED = 0
 
 

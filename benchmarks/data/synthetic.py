@@ -31,9 +31,20 @@ AMOS_CLASSES = ("background", "spleen", "right_kidney", "left_kidney", "gallblad
                 "stomach", "aorta", "inferior_vena_cava", "pancreas", "right_adrenal_gland",
                 "left_adrenal_gland", "duodenum", "bladder", "prostate_uterus")
 AMOS_LARGE = ("liver", "stomach", "spleen", "left_kidney", "right_kidney", "bladder")
-# AMOS split sizes (spec 2.2): train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24, test 120.
+SYNAPSE_CLASSES = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver",
+                   "stomach", "aorta", "inferior_vena_cava", "portal_splenic_veins", "pancreas",
+                   "right_adrenal_gland", "left_adrenal_gland")
+SYNAPSE_LARGE = ("liver", "stomach", "spleen", "left_kidney", "right_kidney")
+PORTAL_SPLENIC_VEINS = 16  # painted only for the Synapse label set (AMOS does not label it)
+# internal (AMOS) id -> Synapse id; duodenum, bladder and prostate/uterus are unlabelled in Synapse
+AMOS_TO_SYNAPSE = {**{i: i for i in range(10)}, 10: 11, 11: 12, 12: 13, 13: 0, 14: 0, 15: 0,
+                   PORTAL_SPLENIC_VEINS: 10}
+# Published split sizes (spec 2.2/2.3): AMOS train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24,
+# test 120; Synapse train 20 (labeled 2/4/8 at 10/20/40 %), eval 4, test 6.
 AMOS_SPLIT_SIZES = {"train": 216, "eval": 24, "test": 120}
 AMOS_LABELED = {2: 4, 5: 10, 10: 21, 20: 38}
+SYNAPSE_SPLIT_SIZES = {"train": 20, "eval": 4, "test": 6}
+SYNAPSE_LABELED = {10: 2, 20: 4, 40: 8}
 
 
 class CohortGenerator(Protocol):
@@ -42,6 +53,8 @@ class CohortGenerator(Protocol):
     name: str
     class_names: tuple[str, ...]
     large_organs: tuple[str, ...]
+    split_sizes: dict[str, int]
+    labeled_counts: dict[int, int]
 
     def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         """Return ``(image HU int16 (X,Y,Z), label uint8 (X,Y,Z), spacing mm)`` for subject ``seed``."""
@@ -92,7 +105,10 @@ class SyntheticAbdomen:
     name = "synthetic-amos"
     class_names = AMOS_CLASSES
     large_organs = AMOS_LARGE
+    split_sizes = AMOS_SPLIT_SIZES
+    labeled_counts = AMOS_LABELED
     field_of_view_mm = (350.0, 300.0, 320.0)
+    paint_portal_veins = False
 
     def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         rng = np.random.default_rng(seed)
@@ -121,10 +137,22 @@ class SyntheticAbdomen:
             if organ.label in (7, 13):  # gas in the stomach and duodenum, anterior part
                 gas = mask & (noise[i] > 0.9) & (y < cy)
                 hu[gas] = -700.0
+        if self.paint_portal_veins:  # splenic vein behind the pancreas, joining the portal vein to the liver
+            free = inner & ~spine & (label == 0)
+            cz = 0.66 + rng.normal(0.0, 0.01)
+            splenic = (((y - 0.60) / 0.016) ** 2 + ((z - cz) / 0.016) ** 2 < 1) & (x > 0.40) & (x < 0.72)
+            portal = (((x - 0.40) / 0.018) ** 2 + ((y - 0.58) / 0.018) ** 2 < 1) & (z > cz) & (z < cz + 0.10)
+            veins = (splenic | portal) & free
+            label[veins] = PORTAL_SPLENIC_VEINS
+            hu[veins] = 150.0
         hu = ndimage.gaussian_filter(hu, 0.6)
         hu += 25.0 * noise[-1] + rng.normal(0.0, 15.0, size=shape).astype(np.float32)
         spacing = tuple(float(f / s) for f, s in zip(self.field_of_view_mm, shape))
-        return np.clip(hu, -1024, 3000).astype(np.int16), label, spacing
+        return np.clip(hu, -1024, 3000).astype(np.int16), self.relabel(label), spacing
+
+    def relabel(self, label: np.ndarray) -> np.ndarray:
+        """Internal (AMOS) ids -> this label set's ids."""
+        return label
 
     @staticmethod
     def _shape(organ: Organ, x: np.ndarray, y: np.ndarray, z: np.ndarray, c: tuple[float, float, float],
@@ -152,14 +180,32 @@ class SyntheticAbdomen:
         raise ValueError(f"unknown organ kind {organ.kind!r}")
 
 
-def synthetic_split_ids(n_cases: int | None = None) -> dict[str, list[str]]:
-    """Split lists mirroring AMOS's sizes (train/eval/test and labeled/unlabeled at 2/5/10/20 %)."""
-    total = sum(AMOS_SPLIT_SIZES.values())
-    ids = [f"syn_{i:04d}" for i in range(1, (n_cases or total) + 1)]
-    train, rest = ids[:AMOS_SPLIT_SIZES["train"]], ids[AMOS_SPLIT_SIZES["train"]:]
-    splits = {"train": train, "eval": rest[:AMOS_SPLIT_SIZES["eval"]], "test": rest[AMOS_SPLIT_SIZES["eval"]:]}
+class SyntheticSynapse(SyntheticAbdomen):
+    """The same anatomy with the Synapse/BTCV label set (13 organs incl. portal & splenic veins) and
+    the Synapse split sizes (20 / 4 / 6)."""
+
+    name = "synthetic-synapse"
+    class_names = SYNAPSE_CLASSES
+    large_organs = SYNAPSE_LARGE
+    split_sizes = SYNAPSE_SPLIT_SIZES
+    labeled_counts = SYNAPSE_LABELED
+    paint_portal_veins = True
+
+    def relabel(self, label: np.ndarray) -> np.ndarray:
+        lut = np.zeros(PORTAL_SPLENIC_VEINS + 1, np.uint8)
+        for source, target in AMOS_TO_SYNAPSE.items():
+            lut[source] = target
+        return lut[label]
+
+
+def synthetic_split_ids(sizes: dict[str, int] = AMOS_SPLIT_SIZES,
+                        labeled_counts: dict[int, int] = AMOS_LABELED) -> dict[str, list[str]]:
+    """Split lists with the published sizes (train/eval/test and nested labeled/unlabeled subsets)."""
+    ids = [f"syn_{i:04d}" for i in range(1, sum(sizes.values()) + 1)]
+    train, rest = ids[:sizes["train"]], ids[sizes["train"]:]
+    splits = {"train": train, "eval": rest[:sizes["eval"]], "test": rest[sizes["eval"]:]}
     order = np.random.default_rng(0).permutation(len(train))  # labeled subsets are nested, as real practice
-    for percent, n in AMOS_LABELED.items():
+    for percent, n in labeled_counts.items():
         labeled = sorted(train[i] for i in order[:n])
         splits[f"labeled_{percent}p"] = labeled
         splits[f"unlabeled_{percent}p"] = [c for c in train if c not in set(labeled)]
@@ -184,7 +230,7 @@ def write_cohort(generator: CohortGenerator, root: str | Path, shape: tuple[int,
     try:
         for sub in ("imagesTr", "labelsTr", "splits"):
             (tmp / sub).mkdir()
-        splits = synthetic_split_ids()
+        splits = synthetic_split_ids(generator.split_sizes, generator.labeled_counts)
         all_ids = splits["train"] + splits["eval"] + splits["test"]
         for index, case_id in enumerate(all_ids):
             image, label, spacing = generator.generate(shape, seed * 100_000 + index)

@@ -1,0 +1,115 @@
+"""Converting real AMOS22 / Synapse releases into the harness layout, under a named protocol.
+
+Protocols (spec 2.2):
+
+``ga``  GA/TAK: CT window [-125, 275] HU, fixed scaling ``(x + 125) / 400``; volumes resampled to
+        (x, y, z) = (160, 160, 80) (the grid of their evaluation), trilinear for images, nearest for labels.
+``dhc`` DHC: every volume resized to (160, 160, 80) in (x, y, z) (= (80, 160, 160) in their z, y, x order),
+        window [-75, 275] HU, per-volume min-max scaling.
+
+Both reorient to the harness convention (array axes toward patient left, posterior, superior: LPS).
+MRI cases (AMOS ids >= 500) are converted like CT, as the references do, and listed in
+``dataset.json``. Each converted case is written atomically (temporary file then rename), so an
+interrupted ``prepare`` never leaves a half-written case; finished cases are not converted again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.data.nifti import _load_nifti
+from benchmarks.errors import DatasetError
+
+PROTOCOLS = {
+    "ga": {"shape": (160, 160, 80), "window": [-125.0, 275.0], "norm": "fixed"},
+    "dhc": {"shape": (160, 160, 80), "window": [-75.0, 275.0], "norm": "minmax"},
+}
+TARGET_AXES = ("L", "P", "S")
+
+
+def to_lps(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """Reorient a NIfTI image to the harness axes (patient left, posterior, superior)."""
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                           nib.orientations.axcodes2ornt(TARGET_AXES))
+    return img.as_reoriented(ornt)
+
+
+def resample_case(image: np.ndarray, label: np.ndarray, spacing: tuple[float, ...],
+                  shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Resize to ``shape``: trilinear (align_corners=False) for HU, nearest for labels; new spacing."""
+    img = torch.from_numpy(image.astype(np.float32))[None, None]
+    lab = torch.from_numpy(label.astype(np.float32))[None, None]
+    img = F.interpolate(img, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    lab = F.interpolate(lab, size=shape, mode="nearest")[0, 0].numpy()
+    new_spacing = tuple(s * n / m for s, n, m in zip(spacing, image.shape, shape))
+    return np.rint(img).astype(np.int16), lab.astype(np.uint8), new_spacing
+
+
+def prepare_case(image_path: Path, label_path: Path, protocol: str,
+                 label_map: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Load one real case, reorient, remap labels (``label_map``: source id -> target id, others 0)
+    and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``."""
+    if protocol not in PROTOCOLS:
+        raise DatasetError(f"unknown preprocessing protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    _load_nifti(image_path)  # validates and names the file on failure
+    _load_nifti(label_path)
+    image_img, label_img = to_lps(nib.load(str(image_path))), to_lps(nib.load(str(label_path)))
+    image, label = np.asarray(image_img.dataobj), np.asarray(label_img.dataobj).astype(np.int64)
+    if image.shape != label.shape:
+        raise DatasetError(f"{label_path}: shape {label.shape} differs from image {image_path} {image.shape}")
+    if label_map is not None:
+        lut = np.zeros(int(label.max()) + 1, np.int64)
+        for source, target in label_map.items():
+            if source < len(lut):
+                lut[source] = target
+        label = lut[label]
+    spacing = tuple(float(z) for z in image_img.header.get_zooms()[:3])
+    return resample_case(image, label, spacing, PROTOCOLS[protocol]["shape"])
+
+
+def _atomic_save(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(nib.Nifti1Image(array, np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])), str(tmp))
+    os.replace(tmp, path)
+
+
+def prepare_amos(src: Path, dst: Path, definition: Path, protocol: str = "ga") -> Path:
+    """Convert the AMOS22 release at ``src`` (imagesTr/labelsTr/imagesVa/labelsVa) for every id of
+    the shipped splits (``definition`` = ``datasets/amos``) into ``dst``."""
+    src, dst = Path(src), Path(dst)
+    ids = sorted({i for name in ("train", "eval", "test")
+                  for i in (definition / "splits" / f"{name}.txt").read_text().split()})
+    found: dict[str, tuple[Path, Path]] = {}
+    for case_id in ids:
+        for part in ("Tr", "Va"):
+            image, label = src / f"images{part}" / f"{case_id}.nii.gz", src / f"labels{part}" / f"{case_id}.nii.gz"
+            if image.is_file() and label.is_file():
+                found[case_id] = (image, label)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise DatasetError(f"{src}: {len(missing)} case(s) of the AMOS splits not found in imagesTr/labelsTr or "
+                           f"imagesVa/labelsVa, e.g. {missing[:5]}")
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    for case_id, (image_path, label_path) in found.items():
+        out_image, out_label = dst / "imagesTr" / f"{case_id}_0000.nii.gz", dst / "labelsTr" / f"{case_id}.nii.gz"
+        if out_image.is_file() and out_label.is_file():
+            continue
+        image, label, spacing = prepare_case(image_path, label_path, protocol)
+        _atomic_save(label, spacing, out_label)
+        _atomic_save(image, spacing, out_image)
+    shutil.copytree(definition / "splits", dst / "splits", dirs_exist_ok=True)
+    meta = json.loads((definition / "dataset.json").read_text())
+    meta.update({"intensity_window": PROTOCOLS[protocol]["window"], "intensity_norm": PROTOCOLS[protocol]["norm"],
+                 "preprocessing": protocol, "shape": list(PROTOCOLS[protocol]["shape"])})
+    tmp = dst / ".dataset.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, dst / "dataset.json")
+    return dst

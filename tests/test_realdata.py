@@ -1,0 +1,91 @@
+"""The real abdominal CT of ../shared/realdata through the real-data pipeline: prepare (reorient,
+remap, resample), read, sliding-window inference of a trained smoke model, metrics."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.data import load_dataset, read_case, read_split
+from benchmarks.data.prepare import prepare_amos, prepare_case
+from benchmarks.errors import DatasetError
+from benchmarks.evaluation import predict_case
+from benchmarks.metrics import PROTOCOLS, evaluate_case
+from benchmarks.training import TwoStreamSampler, seed_everything, train
+from methods import get_method
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+CT, LABEL = REALDATA / "ts_example_ct.nii.gz", REALDATA / "ts_example_ct_label_amos15.nii.gz"
+pytestmark = pytest.mark.skipif(not CT.is_file(), reason="../shared/realdata is absent (real CT not available)")
+DEFINITION = Path(__file__).resolve().parents[1] / "datasets" / "amos"
+
+
+def centroid_x(label: np.ndarray, class_id: int) -> float:
+    return float(np.argwhere(label == class_id)[:, 0].mean())
+
+
+def test_prepare_case_reorients_remaps_and_resamples() -> None:
+    image, label, spacing = prepare_case(CT, LABEL, "ga")
+    assert image.shape == label.shape == (160, 160, 80)
+    present = set(np.unique(label).tolist()) - {0}
+    assert present == set(range(1, 16)) - {5}  # 14 organs; the esophagus is absent in this CT
+    # harness axes: x toward the patient's left, so the liver (right) lies at lower x than the spleen
+    assert centroid_x(label, 6) < centroid_x(label, 1)
+    assert spacing[0] == pytest.approx(3.0 * 122 / 160) and spacing[2] == pytest.approx(3.0 * 112 / 80)
+    assert -1100 < image.min() and image.max() < 3500
+
+
+@pytest.fixture(scope="module")
+def prepared_real(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An AMOS-layout release holding the real CT under three ids, prepared with the GA protocol."""
+    root = tmp_path_factory.mktemp("real")
+    src, definition = root / "src", root / "definition"
+    for part in ("imagesTr", "labelsTr", "imagesVa", "labelsVa"):
+        (src / part).mkdir(parents=True)
+    (definition / "splits").mkdir(parents=True)
+    shutil.copy(DEFINITION / "dataset.json", definition / "dataset.json")
+    for case_id, part, split in (("amos_9001", "Tr", "train"), ("amos_9002", "Tr", "eval"), ("amos_9003", "Va", "test")):
+        shutil.copy(CT, src / f"images{part}" / f"{case_id}.nii.gz")
+        shutil.copy(LABEL, src / f"labels{part}" / f"{case_id}.nii.gz")
+        (definition / "splits" / f"{split}.txt").write_text(case_id + "\n")
+    return prepare_amos(src, root / "prepared", definition, "ga")
+
+
+def test_prepared_dataset_reads_and_windows(prepared_real: Path) -> None:
+    info = load_dataset(prepared_real)
+    meta = json.loads((prepared_real / "dataset.json").read_text())
+    assert meta["preprocessing"] == "ga" and info.intensity_norm == "fixed" and not info.synthetic
+    assert read_split(info, "test") == ["amos_9003"]
+    case = read_case(info, "amos_9003")
+    assert case.image.shape == (160, 160, 80) and 0.0 <= case.image.min() and case.image.max() <= 1.0
+    mtime = (prepared_real / "imagesTr" / "amos_9001_0000.nii.gz").stat().st_mtime
+    prepare_amos(prepared_real.parent / "src", prepared_real, prepared_real.parent / "definition", "ga")
+    assert (prepared_real / "imagesTr" / "amos_9001_0000.nii.gz").stat().st_mtime == mtime  # cached
+
+
+def test_trained_smoke_model_on_real_ct(prepared_real: Path, tiny_cohort: Path) -> None:
+    seed_everything(0)
+    synthetic = load_dataset(tiny_cohort)
+    labeled = [read_case(synthetic, i) for i in read_split(synthetic, "labeled_5p")]
+    cls = get_method("supervised")
+    method = cls(cls.Config(base_filters=4, dropout=False), 16, max_iterations=4)
+    train(method, TwoStreamSampler(labeled, [], 2, 2, (32, 32, 32), 0, uses_unlabeled=False), 4, progress=False)
+    case = read_case(load_dataset(prepared_real), "amos_9003")
+    pred = predict_case(method, case, (32, 32, 32), (16, 16, 16))
+    assert pred.shape == case.label.shape and pred.dtype == np.uint8 and pred.max() < 16
+    dices, asds = evaluate_case(pred, case.label, 16, PROTOCOLS["dhc"], case.spacing)
+    assert np.isfinite(dices).all() and np.isfinite(asds).all() and ((0 <= dices) & (dices <= 100)).all()
+    dices, asds = evaluate_case(pred, case.label, 16, PROTOCOLS["native"], case.spacing)
+    esophagus = 4
+    assert np.isnan(dices[esophagus]) and np.isnan(asds[esophagus])  # GT empty -> excluded
+    assert np.isfinite(np.delete(dices, esophagus)).all()
+
+
+def test_prepare_names_missing_cases(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    with pytest.raises(DatasetError, match="not found.*amos_0001"):
+        prepare_amos(tmp_path, tmp_path / "out", DEFINITION, "ga")
