@@ -77,7 +77,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from benchmarks.tracking import ensure_experiment, setup_tracking
     if args.label_file:
         from benchmarks.data.synthetic import AMOS_CLASSES
-        data, _, spacing = _load_nifti(Path(args.label_file))
+        from benchmarks.data.prepare import to_lps
+        _load_nifti(Path(args.label_file))  # validates and names the file on failure
+        img = to_lps(nib.load(args.label_file))
+        data, spacing = np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
         labels, spacings, organs, name, kind = [data.astype(np.int64)], [spacing], AMOS_CLASSES[1:], Path(args.label_file).name, "real"
     else:
         info = _dataset_for(args)
@@ -128,12 +131,12 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     """Convert a real release into ``datasets/<name>/prepared`` (once; finished cases are kept)."""
-    from benchmarks.data.prepare import prepare_amos
-    if args.dataset != "amos":
-        raise OrganbenchError(f"data prepare supports 'amos' for now, not {args.dataset!r}")
-    definition = PROJECT_ROOT / "datasets" / "amos"
+    from benchmarks.data.prepare import prepare_release
+    definition = PROJECT_ROOT / "datasets" / args.dataset
     dst = Path(args.dst) if args.dst else definition / "prepared"
-    prepare_amos(Path(args.src), dst, definition, args.protocol)
+    protocol = args.protocol or {"amos": "ga", "synapse": "dhc"}[args.dataset]
+    prepare_release(args.dataset, Path(args.src), dst, definition, protocol)
+    args.protocol = protocol
     print(f"prepared {args.dataset} ({args.protocol} protocol) at {dst}")
     return 0
 
@@ -174,11 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--cases", type=int, default=3)
     preview.add_argument("--out")
     preview.set_defaults(func=cmd_data_preview)
-    prepare = data_sub.add_parser("prepare", help="convert a real release (AMOS22) into the harness layout")
-    prepare.add_argument("dataset", choices=["amos"])
-    prepare.add_argument("--src", required=True, help="folder with imagesTr/labelsTr/imagesVa/labelsVa")
-    prepare.add_argument("--protocol", choices=["ga", "dhc"], default="ga")
-    prepare.add_argument("--dst", help="output folder (default datasets/amos/prepared)")
+    prepare = data_sub.add_parser("prepare", help="convert a real release (AMOS22, Synapse/BTCV) into the harness layout")
+    prepare.add_argument("dataset", choices=["amos", "synapse"])
+    prepare.add_argument("--src", required=True, help="AMOS: imagesTr/labelsTr/imagesVa/labelsVa; Synapse: img/, label/")
+    prepare.add_argument("--protocol", choices=["ga", "dhc", "resize"],
+                         help="AMOS: ga (default) or dhc; Synapse: dhc (default) or resize")
+    prepare.add_argument("--dst", help="output folder (default datasets/<dataset>/prepared)")
     prepare.set_defaults(func=cmd_data_prepare)
     return parser
 

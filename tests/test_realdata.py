@@ -89,3 +89,27 @@ def test_prepare_names_missing_cases(tmp_path: Path) -> None:
     (tmp_path / "imagesTr").mkdir()
     with pytest.raises(DatasetError, match="not found.*amos_0001"):
         prepare_amos(tmp_path, tmp_path / "out", DEFINITION, "ga")
+
+
+def test_synapse_release_is_prepared_under_the_dhc_protocol(tmp_path: Path) -> None:
+    """The BTCV layout (img/imgNNNN, label/labelNNNN) with the real CT as every case; the DHC
+    protocol halves the in-plane size and keeps the depth."""
+    from benchmarks.data.prepare import prepare_release
+    definition = Path(__file__).resolve().parents[1] / "datasets" / "synapse"
+    ids = {i for n in ("train", "eval", "test") for i in (definition / "splits" / f"{n}.txt").read_text().split()}
+    btcv = REALDATA / "ts_example_ct_label_btcv13.nii.gz"
+    for sub in ("img", "label"):
+        (tmp_path / "src" / sub).mkdir(parents=True)
+    for case_id in sorted(ids)[:29]:  # one case missing
+        number = case_id.removeprefix("synapse_")
+        (tmp_path / "src" / "img" / f"img{number}.nii.gz").symlink_to(CT)
+        (tmp_path / "src" / "label" / f"label{number}.nii.gz").symlink_to(btcv)
+    with pytest.raises(DatasetError, match="1 case.*synapse_0040"):
+        prepare_release("synapse", tmp_path / "src", tmp_path / "out", definition, "dhc")
+    (tmp_path / "src" / "img" / "img0040.nii.gz").symlink_to(CT)
+    (tmp_path / "src" / "label" / "label0040.nii.gz").symlink_to(btcv)
+    info = load_dataset(prepare_release("synapse", tmp_path / "src", tmp_path / "out", definition, "dhc"))
+    case = read_case(info, "synapse_0004")
+    assert case.image.shape == (61, 50, 112) and info.intensity_norm == "minmax"
+    assert case.image.min() == 0.0 and case.image.max() == 1.0
+    assert info.num_classes == 14 and (case.label == 10).any()  # portal & splenic veins

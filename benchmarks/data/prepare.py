@@ -7,6 +7,9 @@ Protocols (spec 2.2):
 ``dhc`` DHC: every volume resized to (160, 160, 80) in (x, y, z) (= (80, 160, 160) in their z, y, x order),
         window [-75, 275] HU, per-volume min-max scaling.
 
+Synapse (spec 2.3): ``dhc`` (current DHC code: in-plane x0.5, depth kept, [-75, 275] min-max) and
+``resize`` (A&D: every volume to (160, 160, 80), same intensity rule).
+
 Both reorient to the harness convention (array axes toward patient left, posterior, superior: LPS).
 MRI cases (AMOS ids >= 500) are converted like CT, as the references do, and listed in
 ``dataset.json``. Each converted case is written atomically (temporary file then rename), so an
@@ -27,9 +30,15 @@ import torch.nn.functional as F
 from benchmarks.data.nifti import _load_nifti
 from benchmarks.errors import DatasetError
 
-PROTOCOLS = {
-    "ga": {"shape": (160, 160, 80), "window": [-125.0, 275.0], "norm": "fixed"},
-    "dhc": {"shape": (160, 160, 80), "window": [-75.0, 275.0], "norm": "minmax"},
+PROTOCOLS = {  # dataset -> protocol -> target grid (fixed shape, or a per-axis scale) and intensity rule
+    "amos": {
+        "ga": {"shape": (160, 160, 80), "window": [-125.0, 275.0], "norm": "fixed"},
+        "dhc": {"shape": (160, 160, 80), "window": [-75.0, 275.0], "norm": "minmax"},
+    },
+    "synapse": {
+        "dhc": {"scale": (0.5, 0.5, 1.0), "window": [-75.0, 275.0], "norm": "minmax"},
+        "resize": {"shape": (160, 160, 80), "window": [-75.0, 275.0], "norm": "minmax"},
+    },
 }
 TARGET_AXES = ("L", "P", "S")
 
@@ -52,12 +61,20 @@ def resample_case(image: np.ndarray, label: np.ndarray, spacing: tuple[float, ..
     return np.rint(img).astype(np.int16), lab.astype(np.uint8), new_spacing
 
 
-def prepare_case(image_path: Path, label_path: Path, protocol: str,
+def protocol_spec(dataset: str, protocol: str) -> dict:
+    """The target grid and intensity rule of ``protocol`` for ``dataset`` (errors list the known ones)."""
+    if dataset not in PROTOCOLS:
+        raise DatasetError(f"no preprocessing protocols for dataset {dataset!r}; known: {sorted(PROTOCOLS)}")
+    if protocol not in PROTOCOLS[dataset]:
+        raise DatasetError(f"unknown {dataset} preprocessing protocol {protocol!r}; known: {sorted(PROTOCOLS[dataset])}")
+    return PROTOCOLS[dataset][protocol]
+
+
+def prepare_case(image_path: Path, label_path: Path, protocol: str, dataset: str = "amos",
                  label_map: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Load one real case, reorient, remap labels (``label_map``: source id -> target id, others 0)
     and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``."""
-    if protocol not in PROTOCOLS:
-        raise DatasetError(f"unknown preprocessing protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    spec = protocol_spec(dataset, protocol)
     _load_nifti(image_path)  # validates and names the file on failure
     _load_nifti(label_path)
     image_img, label_img = to_lps(nib.load(str(image_path))), to_lps(nib.load(str(label_path)))
@@ -71,7 +88,8 @@ def prepare_case(image_path: Path, label_path: Path, protocol: str,
                 lut[source] = target
         label = lut[label]
     spacing = tuple(float(z) for z in image_img.header.get_zooms()[:3])
-    return resample_case(image, label, spacing, PROTOCOLS[protocol]["shape"])
+    shape = spec.get("shape") or tuple(max(1, round(n * f)) for n, f in zip(image.shape, spec["scale"]))
+    return resample_case(image, label, spacing, shape)
 
 
 def _atomic_save(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
@@ -80,36 +98,58 @@ def _atomic_save(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> N
     os.replace(tmp, path)
 
 
-def prepare_amos(src: Path, dst: Path, definition: Path, protocol: str = "ga") -> Path:
-    """Convert the AMOS22 release at ``src`` (imagesTr/labelsTr/imagesVa/labelsVa) for every id of
-    the shipped splits (``definition`` = ``datasets/amos``) into ``dst``."""
+def _find_amos(src: Path, case_id: str) -> tuple[Path, Path] | None:
+    for part in ("Tr", "Va"):
+        image, label = src / f"images{part}" / f"{case_id}.nii.gz", src / f"labels{part}" / f"{case_id}.nii.gz"
+        if image.is_file() and label.is_file():
+            return image, label
+    return None
+
+
+def _find_synapse(src: Path, case_id: str) -> tuple[Path, Path] | None:
+    number = case_id.removeprefix("synapse_")
+    for base in (src, src / "Training", src / "RawData" / "Training"):
+        image, label = base / "img" / f"img{number}.nii.gz", base / "label" / f"label{number}.nii.gz"
+        if image.is_file() and label.is_file():
+            return image, label
+    return None
+
+
+FINDERS = {"amos": (_find_amos, "imagesTr/labelsTr or imagesVa/labelsVa"),
+           "synapse": (_find_synapse, "img/imgNNNN.nii.gz and label/labelNNNN.nii.gz")}
+
+
+def prepare_release(dataset: str, src: Path, dst: Path, definition: Path, protocol: str) -> Path:
+    """Convert the release at ``src`` for every id of the shipped splits (``definition`` =
+    ``datasets/<dataset>``) into ``dst``; finished cases are kept (the conversion is cached)."""
+    spec = protocol_spec(dataset, protocol)
+    finder, layout = FINDERS[dataset]
     src, dst = Path(src), Path(dst)
     ids = sorted({i for name in ("train", "eval", "test")
                   for i in (definition / "splits" / f"{name}.txt").read_text().split()})
-    found: dict[str, tuple[Path, Path]] = {}
-    for case_id in ids:
-        for part in ("Tr", "Va"):
-            image, label = src / f"images{part}" / f"{case_id}.nii.gz", src / f"labels{part}" / f"{case_id}.nii.gz"
-            if image.is_file() and label.is_file():
-                found[case_id] = (image, label)
-    missing = [i for i in ids if i not in found]
+    found = {case_id: finder(src, case_id) for case_id in ids}
+    missing = [i for i, paths in found.items() if paths is None]
     if missing:
-        raise DatasetError(f"{src}: {len(missing)} case(s) of the AMOS splits not found in imagesTr/labelsTr or "
-                           f"imagesVa/labelsVa, e.g. {missing[:5]}")
+        raise DatasetError(f"{src}: {len(missing)} case(s) of the {dataset} splits not found ({layout}), "
+                           f"e.g. {missing[:5]}")
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
     for case_id, (image_path, label_path) in found.items():
         out_image, out_label = dst / "imagesTr" / f"{case_id}_0000.nii.gz", dst / "labelsTr" / f"{case_id}.nii.gz"
         if out_image.is_file() and out_label.is_file():
             continue
-        image, label, spacing = prepare_case(image_path, label_path, protocol)
+        image, label, spacing = prepare_case(image_path, label_path, protocol, dataset)
         _atomic_save(label, spacing, out_label)
         _atomic_save(image, spacing, out_image)
     shutil.copytree(definition / "splits", dst / "splits", dirs_exist_ok=True)
     meta = json.loads((definition / "dataset.json").read_text())
-    meta.update({"intensity_window": PROTOCOLS[protocol]["window"], "intensity_norm": PROTOCOLS[protocol]["norm"],
-                 "preprocessing": protocol, "shape": list(PROTOCOLS[protocol]["shape"])})
+    meta.update({"intensity_window": spec["window"], "intensity_norm": spec["norm"], "preprocessing": protocol})
     tmp = dst / ".dataset.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, dst / "dataset.json")
     return dst
+
+
+def prepare_amos(src: Path, dst: Path, definition: Path, protocol: str = "ga") -> Path:
+    """:func:`prepare_release` for the AMOS22 release (imagesTr/labelsTr/imagesVa/labelsVa)."""
+    return prepare_release("amos", src, dst, definition, protocol)
