@@ -7,9 +7,11 @@ PROFILE ?= cpu
 METHODS ?=
 SEEDS ?=
 DATA ?=
+MLFLOW_PORT ?= 5000
 RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA))
 
-.PHONY: setup test bench table2 list-methods clean-reports
+.PHONY: setup test bench list-methods clean-reports mlflow mlflow-stop mlflow-status \
+	table1 table2 table3 table4 table6 fig1 fig6 index reports
 
 setup: $(STAMP)
 
@@ -29,9 +31,41 @@ bench: setup
 list-methods: setup
 	$(PY) -m benchmarks list-methods
 
-table2: setup
-	$(PY) -m benchmarks run table2 $(RUN_ARGS)
-	$(PY) -m benchmarks report table2 --profile $(PROFILE)
+# One target per paper artifact: train what is missing (finished run keys are skipped), then render.
+table1 table2 table3 table4: setup
+	$(PY) -m benchmarks run $@ $(RUN_ARGS)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE)
+	$(PY) -m benchmarks index
+
+# Costs are counted under the paper profile unless PROFILE= is given (no data, no training, no GPU).
+COST_PROFILE = $(if $(filter command line environment,$(origin PROFILE)),$(PROFILE),paper)
+table6: setup
+	$(PY) -m benchmarks run table6 --profile $(COST_PROFILE) $(if $(METHODS),--methods $(METHODS))
+	$(PY) -m benchmarks report table6 --profile $(COST_PROFILE)
+	$(PY) -m benchmarks index
+
+fig1: table2
+	$(PY) -m benchmarks data stats amos --profile $(PROFILE)
+	$(PY) -m benchmarks figure fig1 --study table2 --profile $(PROFILE)
+	$(PY) -m benchmarks index
+
+fig6: table2
+	$(PY) -m benchmarks figure fig6 --study table2 --profile $(PROFILE)
+	$(PY) -m benchmarks index
+
+index: setup
+	$(PY) -m benchmarks index
+
+reports: table1 table2 table3 table4 table6 fig1 fig6
 
 clean-reports:
 	rm -rf reports/out
+
+mlflow: setup  ## start a real MLflow server on 127.0.0.1:$(MLFLOW_PORT) (SQLite store under mlruns/)
+	$(PY) -m mlflow_server start --port $(MLFLOW_PORT)
+
+mlflow-stop: setup
+	$(PY) -m mlflow_server stop --port $(MLFLOW_PORT)
+
+mlflow-status: setup
+	$(PY) -m mlflow_server status --port $(MLFLOW_PORT)

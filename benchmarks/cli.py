@@ -30,6 +30,10 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.runner import StudyRunner
     study, profile = load_study(args.study), load_profile(args.profile)
+    if study.kind == "cost":
+        from benchmarks.cost_study import run_cost_study
+        run_cost_study(study, profile, _csv(args.methods))
+        return 0
     runner = StudyRunner(study, profile, _csv(args.methods), _csv(args.seeds, int), args.data,
                          progress=not args.no_progress)
     results = runner.run()
@@ -44,9 +48,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     setup_tracking()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study
-    paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title)
+    if study.kind == "cost":
+        from reports.cost import render_cost_table
+        paths = render_cost_table(study.study, args.profile, out, study.title)
+    else:
+        paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title)
     for path in paths:
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from benchmarks.tracking import setup_tracking
+    from reports.figures import render_fig1, render_fig6
+    setup_tracking()
+    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / args.name
+    render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
+    print(f"wrote {render(args.study, args.profile, out)}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from reports.index import render_index
+    out = PROJECT_ROOT / "reports" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {render_index(out)}")
     return 0
 
 
@@ -158,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", default="cpu")
     report.add_argument("--out", help="output folder (default reports/out/STUDY)")
     report.set_defaults(func=cmd_report)
+    figure = sub.add_parser("figure", help="render fig1 (organ size vs shape) or fig6 (Dice vs FLOPs)")
+    figure.add_argument("name", choices=["fig1", "fig6"])
+    figure.add_argument("--study", default="table2", help="the study whose runs the figure uses")
+    figure.add_argument("--profile", default="cpu")
+    figure.add_argument("--out")
+    figure.set_defaults(func=cmd_figure)
+    sub.add_parser("index", help="write reports/out/index.html").set_defaults(func=cmd_index)
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     gen = data_sub.add_parser("generate", help="generate the synthetic cohort a profile uses")

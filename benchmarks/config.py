@@ -51,6 +51,7 @@ class Study:
     budget: dict[str, int]
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     split_variant: str = ""  # e.g. "corrected": labeled_20p_corrected / unlabeled_20p_corrected
+    kind: str = "train"  # "train": train + evaluate; "cost": count params/FLOPs only (no data, no training)
     path: Path = Path()
 
 
@@ -110,6 +111,8 @@ def load_study(name_or_path: str) -> Study:
     study = _build(Study, _read_yaml(path), str(path), {"path": path})
     if not 0 < float(study.labeled_ratio) <= 1:
         raise ConfigError(f"{path}: labeled_ratio must be in (0, 1], got {study.labeled_ratio}")
+    if study.kind not in ("train", "cost"):
+        raise ConfigError(f"{path}: kind must be 'train' or 'cost', got {study.kind!r}")
     for key in ("seeds", "budget"):
         value = getattr(study, key)
         if not isinstance(value, dict):

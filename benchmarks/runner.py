@@ -6,6 +6,8 @@ A cell whose key already has a FINISHED run is skipped; a crash leaves the run F
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
 import math
 import time
 from dataclasses import dataclass
@@ -53,6 +55,12 @@ class Cell:
     def run_key(self) -> str:
         return (f"{self.study.study}/{self.method}/{self.dataset.name}/{self.study.labeled_ratio}/"
                 f"seed{self.seed}/{self.profile.name}/{config_hash(self.resolved())}")
+
+
+@functools.lru_cache(maxsize=1)
+def pip_freeze() -> str:
+    """``name==version`` of every installed distribution (logged with each run)."""
+    return "\n".join(sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()})) + "\n"
 
 
 def _pick(values: dict[str, Any], profile: str, key: str, study: Study) -> Any:
@@ -166,6 +174,7 @@ class StudyRunner:
                               parent_run_id=parent_id) as run:
             mlflow.log_params(flatten("", cell.resolved()))
             mlflow.log_dict(cell.resolved(), "config/resolved.json")
+            mlflow.log_text(pip_freeze(), "env/pip_freeze.txt")
             seed_everything(cell.seed)
             method: Method = cls(cls.Config(**cell.method_config), self.dataset.num_classes, cell.iterations,
                                  device=cell.profile.device)

@@ -1,1 +1,1 @@
-"""Starting, checking and stopping a real MLflow tracking server."""
+"""Starting, checking and stopping a real MLflow tracking server (see server.py)."""

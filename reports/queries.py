@@ -9,7 +9,8 @@ class NoRunsError(LookupError):
     """The store holds no finished run for the query."""
 
 
-def finished_runs(study: str, profile: str, tracking_uri: str | None = None) -> pd.DataFrame:
+def finished_runs(study: str, profile: str, tracking_uri: str | None = None,
+                  group_by: tuple[str, ...] = ("tags.method", "tags.seed")) -> pd.DataFrame:
     """Finished per-cell runs (those with a ``run_key``) of experiment ``study`` under ``profile``."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -23,4 +24,4 @@ def finished_runs(study: str, profile: str, tracking_uri: str | None = None) -> 
         raise NoRunsError(f"no finished run of study {study!r} with profile {profile!r} at {mlflow.get_tracking_uri()}")
     # one run per (method, seed): the newest, so a cell re-run under a changed configuration
     # replaces the stale one instead of being averaged with it
-    return runs.sort_values("start_time").groupby(["tags.method", "tags.seed"]).tail(1).reset_index(drop=True)
+    return runs.sort_values("start_time").groupby(list(group_by)).tail(1).reset_index(drop=True)

@@ -1,7 +1,10 @@
 """Per-organ Dice / ASD tables in the paper's layout (Tables 1-4), from MLflow runs.
 
 Rows: methods grouped fully / lower bound / general / imbalance. Columns: All, Large, Small and
-one column per organ. Cells: mean +- std over seeds (std of the per-seed means, as DHC reports).
+one column per organ. Cells: mean +- std over seeds (std of the per-seed means, as DHC reports);
+the Dice table adds the bootstrap 95 % CI of the mean per-case Dice and the Wilcoxon signed-rank
+p-value against the reference method (TAK when it ran). Best and second best per column are marked
+(bold / underlined; Dice higher is better, ASD lower is better).
 """
 from __future__ import annotations
 
@@ -16,24 +19,31 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reports.queries import finished_runs  # noqa: E402
+from reports.statistics import method_statistics, per_case_dice  # noqa: E402
 
 GROUP_ORDER = ["fully", "lower-bound", "general", "imbalance"]
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 ORGAN_ABBREV = {"spleen": "Sp", "right_kidney": "RK", "left_kidney": "LK", "gallbladder": "Ga", "esophagus": "Es",
                 "liver": "Li", "stomach": "St", "aorta": "Ao", "inferior_vena_cava": "IVC", "pancreas": "Pa",
                 "right_adrenal_gland": "RAG", "left_adrenal_gland": "LAG", "duodenum": "Du", "bladder": "Bl",
-                "prostate_uterus": "P/U", "portal_splenic_veins": "PSV"}
+                "prostate_uterus": "P/U", "portal_splenic_veins": "PSV", "portal_splenic_vein": "PSV"}
+REFERENCE_METHOD = "TAK"
 
 
 @dataclass
 class RenderedTable:
-    """A study table: numbers (mean, std, n seeds) per method and column, and its header facts."""
+    """A study table: numbers (mean, std) per method and column, and its header facts."""
 
     metric: str
     mean: pd.DataFrame
     std: pd.DataFrame
     header: dict[str, str]
     groups: pd.Series
+    higher_is_better: bool
+
+
+def method_labels(runs: pd.DataFrame) -> pd.Series:
+    return runs["tags.method_title"].fillna(runs["tags.method"])
 
 
 def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
@@ -44,22 +54,37 @@ def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
     per_run.insert(0, "Small", per_run[[o for o in organs if o not in large]].mean(axis=1))
     per_run.insert(0, "Large", per_run[[o for o in organs if o in large]].mean(axis=1))
     per_run.insert(0, "All", per_run[organs].mean(axis=1))
-    per_run["method"] = runs["tags.method_title"].fillna(runs["tags.method"]).values
+    labels = method_labels(runs)
+    per_run["method"] = labels.values
     grouped = per_run.groupby("method", sort=False)
-    groups = runs.groupby(runs["tags.method_title"].fillna(runs["tags.method"]).values)["tags.method_group"].first()
+    groups = runs.groupby(labels.values)["tags.method_group"].first()
     order = sorted(groups.index, key=lambda m: (GROUP_ORDER.index(groups[m]) if groups[m] in GROUP_ORDER else 99, m))
     mean, std = grouped.mean().loc[order], grouped.std(ddof=0).loc[order]
     seeds = sorted({int(s) for s in runs["tags.seed"]})
     commits = sorted({c[:10] for c in runs["tags.git_commit"].fillna("unknown")})
-    dirty = "yes" if (runs["tags.git_dirty"] == "true").any() else "no"
+    dirty = (runs["tags.git_dirty"] == "true").any()
     kind = runs["tags.dataset_kind"].iloc[0]
     header = {"dataset": f"{runs['tags.dataset'].iloc[0]} ({kind.upper() if kind == 'synthetic' else kind})",
               "labeled ratio": runs["params.labeled_ratio"].iloc[0], "profile": runs["tags.profile"].iloc[0],
               "protocol": f"{runs['tags.protocol'].iloc[0]} (ASD {runs['tags.asd_direction'].iloc[0]}, "
                           f"{runs['tags.asd_units'].iloc[0]})",
-              "seeds": ", ".join(map(str, seeds)), "commit": ", ".join(commits) + (" (dirty)" if dirty == "yes" else ""),
+              "seeds": ", ".join(map(str, seeds)), "commit": ", ".join(commits) + (" (dirty)" if dirty else ""),
               "test cases": runs["tags.test_cases"].iloc[0] + " of " + runs["tags.test_cases_total"].iloc[0]}
-    return RenderedTable(metric, mean, std, header, groups.loc[order])
+    return RenderedTable(metric, mean, std, header, groups.loc[order], metric == "dice")
+
+
+def ranks(table: RenderedTable) -> pd.DataFrame:
+    """1 for the best and 2 for the second best value per column (ties share a rank; 0 otherwise;
+    a column whose values are all equal marks nothing)."""
+    out = pd.DataFrame(0, index=table.mean.index, columns=table.mean.columns)
+    for column in table.mean.columns:
+        values = table.mean[column].dropna().round(2)
+        if values.nunique() < 2:  # nothing to single out
+            continue
+        dense = values.rank(method="dense", ascending=not table.higher_is_better).astype(int)
+        for method, rank in dense.items():
+            out.loc[method, column] = rank if rank <= 2 else 0
+    return out
 
 
 def _cell(mean: float, std: float) -> str:
@@ -68,10 +93,28 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.2f}" if np.isnan(std) or std == 0 else f"{mean:.2f} ± {std:.2f}"
 
 
-def to_frame(table: RenderedTable) -> pd.DataFrame:
-    """Formatted strings ``mean ± std`` with a Group column."""
-    cells = pd.DataFrame({c: [_cell(m, s) for m, s in zip(table.mean[c], table.std[c])] for c in table.mean.columns},
-                         index=table.mean.index)
+def to_frame(table: RenderedTable, style: str = "plain", stats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Formatted cells ``mean ± std``, best/second marked per ``style`` (plain, markdown, latex)."""
+    marks = ranks(table)
+    wrap = {"markdown": ("**{}**", "<u>{}</u>"), "latex": ("\\textbf{{{}}}", "\\underline{{{}}}"),
+            "plain": ("{}", "{}")}[style]
+    cells = pd.DataFrame(index=table.mean.index)
+    for column in table.mean.columns:
+        texts = []
+        for method in table.mean.index:
+            text = _cell(table.mean.loc[method, column], table.std.loc[method, column])
+            if style == "latex":
+                text = text.replace("±", "$\\pm$")
+            rank = marks.loc[method, column]
+            texts.append(wrap[rank - 1].format(text) if rank else text)
+        cells[column] = texts
+    if stats is not None:
+        cells.insert(1, "95% CI", [f"[{stats.loc[m, 'ci_low']:.2f}, {stats.loc[m, 'ci_high']:.2f}]"
+                                   if m in stats.index and not np.isnan(stats.loc[m, "ci_low"]) else "-"
+                                   for m in cells.index])
+        cells.insert(2, f"p vs {stats.attrs.get('reference', '-')}",
+                     [f"{stats.loc[m, 'p_value']:.3g}" if m in stats.index and not np.isnan(stats.loc[m, "p_value"])
+                      else "-" for m in cells.index])
     cells.insert(0, "Group", table.groups.values)
     cells.index.name = "Method"
     cells.columns = [ORGAN_ABBREV.get(c, c) for c in cells.columns]
@@ -93,57 +136,94 @@ def published_panel(table_number: int) -> pd.DataFrame:
 
 def render_dice_tables(study: str, profile: str, out_dir: Path, table_number: int | None = None,
                        title: str = "", tracking_uri: str | None = None) -> list[Path]:
-    """Write ``<study>.md/.csv/.png`` (Dice and ASD) under ``out_dir``; returns the paths."""
+    """Write ``<study>.md/.csv/.tex/.png`` (Dice and ASD) under ``out_dir``; returns the paths."""
     runs = finished_runs(study, profile, tracking_uri)
     dice, asd = build_table(runs, "dice"), build_table(runs, "asd")
+    per_case = per_case_dice(runs, method_labels(runs))
+    reference = REFERENCE_METHOD if REFERENCE_METHOD in dice.mean.index else str(dice.mean["All"].idxmax())
+    stats = method_statistics(per_case, reference)
+    stats.attrs["reference"] = reference
     out_dir.mkdir(parents=True, exist_ok=True)
-    dice_cells, asd_cells = to_frame(dice), to_frame(asd)
-    pd.concat({"dice_percent": dice.mean, "dice_std": dice.std, "asd": asd.mean, "asd_std": asd.std}, axis=1) \
-        .to_csv(out_dir / f"{study}.csv")
-    header_lines = [f"- **{k}**: {v}" for k, v in dice.header.items()]
+    numbers = pd.concat({"dice_percent": dice.mean, "dice_std": dice.std, "asd": asd.mean, "asd_std": asd.std}, axis=1)
+    numbers[("dice_all_ci", "low")], numbers[("dice_all_ci", "high")] = stats["ci_low"], stats["ci_high"]
+    numbers[("wilcoxon_p", f"vs {reference}")] = stats["p_value"]
+    numbers.to_csv(out_dir / f"{study}.csv")
     synthetic = "SYNTHETIC" in dice.header["dataset"]
-    md = [f"# {study}: {title}".rstrip(": "), "", *header_lines, ""]
+    note = (f"Bold: best, underlined: second best per column. 95% CI: bootstrap over test cases of the mean "
+            f"per-case Dice; p: two-sided Wilcoxon signed-rank on per-case Dice against {reference}"
+            f"{'' if reference == REFERENCE_METHOD else ' (TAK has no run yet; reference = best mean Dice)'}.")
+    md = [f"# {study}: {title}".rstrip(": "), "", *[f"- **{k}**: {v}" for k, v in dice.header.items()], ""]
     if synthetic:
         md += ["> Our numbers come from a **synthetic** cohort; they are not comparable with the published "
                "numbers on real data below.", ""]
-    md += ["## Ours: Dice (%)", "", dice_cells.to_markdown(), "", f"## Ours: ASD ({asd.header['protocol']})", "",
-           asd_cells.to_markdown(), ""]
-    published = None
-    if table_number is not None:
-        published = published_panel(table_number)
+    md += ["## Ours: Dice (%)", "", to_frame(dice, "markdown", stats).to_markdown(), "", note, "",
+           f"## Ours: ASD ({asd.header['protocol']})", "", to_frame(asd, "markdown").to_markdown(), ""]
+    published = published_panel(table_number) if table_number is not None else None
+    if published is not None:
         md += [f"## Published (TAK paper, Table {table_number}, real data; reference only)", "",
                published.to_markdown(floatfmt=".2f"), ""]
-    paths = [out_dir / f"{study}.md", out_dir / f"{study}.csv", out_dir / f"{study}.png"]
+    paths = [out_dir / f"{study}.md", out_dir / f"{study}.csv", out_dir / f"{study}.tex", out_dir / f"{study}.png"]
     paths[0].write_text("\n".join(md))
-    _render_png(paths[2], study, title, dice, dice_cells, asd_cells, published)
+    paths[2].write_text(_latex(study, title, dice, asd, stats, published, note))
+    _render_png(paths[3], study, title, dice, to_frame(dice, "plain", stats), to_frame(asd), ranks(dice), ranks(asd),
+                published)
     return paths
 
 
-def _draw(ax: plt.Axes, frame: pd.DataFrame, title: str, color: str) -> None:
+def _latex(study: str, title: str, dice: RenderedTable, asd: RenderedTable, stats: pd.DataFrame,
+           published: pd.DataFrame | None, note: str) -> str:
+    header = "; ".join(f"{k}: {v}" for k, v in dice.header.items()).replace("_", "\\_").replace("%", "\\%")
+    parts = [f"% {study}: {title}", f"% {header}"]
+    for caption, frame in ((f"Ours: Dice (\\%). {note.replace('%', chr(92) + '%')}", to_frame(dice, "latex", stats)),
+                           ("Ours: ASD.", to_frame(asd, "latex"))):
+        body = frame.to_latex(escape=False).replace("_", "\\_").replace("\\\\_", "\\_")
+        parts += ["\\begin{table}[t]", "\\centering", "\\tiny", f"\\caption{{{caption} {header}}}", body, "\\end{table}"]
+    if published is not None:
+        parts += ["\\begin{table}[t]", "\\centering", "\\tiny",
+                  "\\caption{Published numbers (TAK paper, real data; reference only, not comparable).}",
+                  published.to_latex(float_format="%.2f").replace("_", "\\_"), "\\end{table}"]
+    return "\n".join(parts) + "\n"
+
+
+def _draw(ax: plt.Axes, frame: pd.DataFrame, title: str, color: str, marks: pd.DataFrame | None = None) -> None:
     ax.axis("off")
     ax.set_title(title, loc="left", fontsize=10, fontweight="bold", color=color)
-    cells = frame.reset_index().astype(str).values.tolist()
     cols = ["Method", *frame.columns]
-    tab = ax.table(cellText=cells, colLabels=cols, loc="upper left", cellLoc="center")
+    tab = ax.table(cellText=frame.reset_index().astype(str).values.tolist(), colLabels=cols, loc="upper left",
+                   cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(7)
     tab.auto_set_column_width(list(range(len(cols))))
-    for (row, _), cell in tab.get_celld().items():
+    for (row, col), cell in tab.get_celld().items():
         if row == 0:
             cell.set_facecolor("#e6e6e6")
+        elif marks is not None and 0 < col:
+            name = ORGAN_REVERSE.get(cols[col], cols[col])
+            if name in marks.columns:
+                rank = marks.iloc[row - 1][name]
+                if rank == 1:
+                    cell.set_facecolor("#b7e1b0")
+                    cell.get_text().set_fontweight("bold")
+                elif rank == 2:
+                    cell.set_facecolor("#e3f2df")
+
+
+ORGAN_REVERSE = {v: k for k, v in ORGAN_ABBREV.items()}
 
 
 def _render_png(path: Path, study: str, title: str, dice: RenderedTable, dice_cells: pd.DataFrame,
-                asd_cells: pd.DataFrame, published: pd.DataFrame | None) -> None:
-    panels = [(dice_cells, "Ours: Dice (%)", "black"), (asd_cells, f"Ours: ASD ({dice.header['protocol']})", "black")]
+                asd_cells: pd.DataFrame, dice_marks: pd.DataFrame, asd_marks: pd.DataFrame,
+                published: pd.DataFrame | None) -> None:
+    panels = [(dice_cells, "Ours: Dice (%)  [dark green: best, light green: second]", "black", dice_marks),
+              (asd_cells, f"Ours: ASD ({dice.header['protocol']}), lower is better", "black", asd_marks)]
     if published is not None:
         panels.append((published.round(2), "Published (TAK paper, REAL data, reference only; not comparable)",
-                       "#8b0000"))
-    heights = [0.6 + 0.22 * (len(p[0]) + 1) for p in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(16, 1.2 + sum(heights)), gridspec_kw={"height_ratios": heights})
+                       "#8b0000", None))
+    heights = [0.5 + 0.2 * (len(p[0]) + 1) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(17, 0.8 + sum(heights)), gridspec_kw={"height_ratios": heights})
     header = " | ".join(f"{k}: {v}" for k, v in dice.header.items())
     fig.suptitle(f"{study}: {title}\n{header}", fontsize=9, x=0.01, ha="left")
-    for ax, (frame, panel_title, color) in zip(np.atleast_1d(axes), panels):
-        _draw(ax, frame, panel_title, color)
+    for ax, (frame, panel_title, color, marks) in zip(np.atleast_1d(axes), panels):
+        _draw(ax, frame, panel_title, color, marks)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

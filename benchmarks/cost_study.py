@@ -1,0 +1,58 @@
+"""Cost studies (``kind: cost``, the paper's Table 6): parameters and FLOPs of every method under a
+profile's configuration, logged to MLflow without data or training (counted on the meta device)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import mlflow
+
+from benchmarks.config import Profile, Study, config_hash
+from benchmarks.cost import FLOPS_CONVENTION, forward_gflops
+from benchmarks.data import load_dataset
+from benchmarks.data.sources import DATASETS_DIR
+from benchmarks.tracking import ensure_experiment, find_finished_run, flatten, git_state, setup_tracking
+from methods import get_method
+from methods.common.vnet import count_parameters
+
+
+def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = None,
+                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """One MLflow run per method with ``cost/*`` metrics; finished keys are skipped."""
+    setup_tracking(tracking_uri)
+    info = load_dataset(DATASETS_DIR / study.dataset)  # the definition: class count only
+    experiment_id = ensure_experiment(study.study)
+    results = []
+    for name in methods or study.methods:
+        cls = get_method(name)
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        overrides = {k: v for k, v in profile.method_overrides.items() if k in fields}
+        overrides.update(study.method_overrides.get(name, {}))
+        config = cls.resolve_config(overrides, f"{study.path}: method_overrides.{name}")
+        resolved = {"study": study.study, "method": name, "dataset": info.name, "num_classes": info.num_classes,
+                    "input_shape": [1, 1, *profile.patch], "profile": profile.name,
+                    "method_config": dataclasses.asdict(config)}
+        run_key = f"{study.study}/{name}/{info.name}/{profile.name}/{config_hash(resolved)}"
+        done = find_finished_run(experiment_id, run_key)
+        if done:
+            print(f"[skip] {name}: finished run {done}")
+            results.append({"method": name, "run_id": done, "skipped": True})
+            continue
+        method = cls(config, info.num_classes, max_iterations=1, device="meta")
+        infer = method.inference_modules()
+        gflops = forward_gflops(method, profile.patch)
+        metrics = {"cost/params_M": count_parameters(*infer.values()) / 1e6,
+                   "cost/params_M_per_net": max(count_parameters(m) for m in infer.values()) / 1e6,
+                   "cost/params_M_train": count_parameters(*method.modules().values()) / 1e6,
+                   "cost/gflops_fwd_patch": gflops, "cost/gmacs_fwd_patch": gflops / 2,
+                   "cost/n_nets_infer": float(len(infer))}
+        tags = {"run_key": run_key, "study": study.study, "method": name, "method_title": cls.title,
+                "method_group": cls.group, "profile": profile.name, "dataset": info.name,
+                "input_shape": str([1, 1, *profile.patch]), "flops_convention": FLOPS_CONVENTION, **git_state()}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"cost-{name}", tags=tags) as run:
+            mlflow.log_params(flatten("", resolved))
+            mlflow.log_metrics(metrics)
+        print(f"[done] {name:14s} params {metrics['cost/params_M']:.2f} M (per net "
+              f"{metrics['cost/params_M_per_net']:.2f} M), {gflops:.1f} GFLOPs per {profile.patch} window")
+        results.append({"method": name, "run_id": run.info.run_id, "skipped": False, **metrics})
+    return results

@@ -1,0 +1,139 @@
+"""Start, check and stop a real ``mlflow server`` (SQLite backend store, artifacts under ``mlruns/``).
+
+``python -m mlflow_server start`` launches the server in the background on 127.0.0.1, waits until
+``GET /health`` answers ``OK``, writes a pid file and prints the URL to export as
+``MLFLOW_TRACKING_URI``; ``stop`` terminates exactly the process named in the pid file (and its
+workers). A server that is already running is reported, not started twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, checked or stopped."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the server listens and stores runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    root: Path = PROJECT_ROOT / "mlruns"
+    backend_store_uri: str | None = None  # default: sqlite:///<root>/server.db
+    workers: int = 1
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / f"mlflow-server-{self.port}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / f"mlflow-server-{self.port}.log"
+
+    @property
+    def backend(self) -> str:
+        return self.backend_store_uri or f"sqlite:///{self.root / 'server.db'}"
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when ``GET <url>/health`` answers 200 ``OK``."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200 and response.read().strip() == b"OK"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _running_pid(config: ServerConfig) -> int | None:
+    try:
+        pid = json.loads(config.pid_file.read_text())["pid"]
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        return None
+
+
+def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
+    """Start the server (if not running) and wait for /health; returns its URL."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    if _running_pid(config) and healthy(config.url):
+        return config.url
+    if healthy(config.url):
+        raise ServerError(f"{config.url} already answers but was not started from {config.pid_file}; "
+                          "choose another port (MLFLOW_PORT=...)")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.backend,
+               "--artifacts-destination", str(config.root / "server-artifacts"), "--host", config.host,
+               "--port", str(config.port), "--workers", str(config.workers)]
+    log = open(config.log_file, "ab")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               cwd=config.root)
+    config.pid_file.write_text(json.dumps({"pid": process.pid, "url": config.url, "backend": config.backend}))
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            config.pid_file.unlink(missing_ok=True)
+            raise ServerError(f"mlflow server exited with code {process.returncode}; see {config.log_file}")
+        if healthy(config.url):
+            return config.url
+        time.sleep(0.5)
+    stop(config)
+    raise ServerError(f"mlflow server did not answer {config.url}/health within {wait_s:.0f}s; see {config.log_file}")
+
+
+def stop(config: ServerConfig = ServerConfig(), wait_s: float = 20.0) -> bool:
+    """Terminate the server named in the pid file (its whole process group); False if none ran."""
+    pid = _running_pid(config)
+    config_had_pid = config.pid_file.exists()
+    config.pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return config_had_pid
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if _reaped_or_gone(pid):
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    _reaped_or_gone(pid)
+    return True
+
+
+def _reaped_or_gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (reaping it when it is our own child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+    except ChildProcessError:  # started by another process (make mlflow): init reaps it
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def status(config: ServerConfig = ServerConfig()) -> str:
+    pid = _running_pid(config)
+    state = "healthy" if healthy(config.url) else "not answering"
+    return f"{config.url}: {state}" + (f" (pid {pid}, backend {config.backend})" if pid else " (no pid file)")

@@ -1,0 +1,79 @@
+"""Every report artifact rendered from a real (smoke) study in a fresh MLflow store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.cli import main
+from reports.statistics import bootstrap_ci, paired_wilcoxon
+from reports.tables import RenderedTable, ranks
+
+
+@pytest.fixture(scope="module")
+def store(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reports")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--seeds", "0,1",
+                 "--methods", "supervised,cps", "--no-progress"]) == 0
+    assert main(["run", "table6", "--profile", "paper"]) == 0
+    assert main(["data", "stats", str(tiny_cohort), "--out", str(root / "out" / "data")]) == 0
+    yield root
+    mp.undo()
+
+
+def test_table_formats_and_statistics(store: Path) -> None:
+    out = store / "out" / "table2"
+    assert main(["report", "table2", "--profile", "smoke", "--out", str(out)]) == 0
+    md = (out / "table2.md").read_text()
+    assert "95% CI" in md and "p vs" in md and "**" in md and "SYNTHETIC" in md
+    assert "Published (TAK paper, Table 2" in md
+    tex = (out / "table2.tex").read_text()
+    assert "\\begin{table}" in tex and "\\textbf{" in tex
+    numbers = pd.read_csv(out / "table2.csv", header=[0, 1], index_col=0)
+    assert list(numbers.index) == ["V-Net (labeled only)", "CPS"]
+    assert numbers[("dice_all_ci", "low")].notna().all()
+    assert (out / "table2.png").stat().st_size > 20_000
+
+
+def test_cost_table_matches_published_dhc(store: Path) -> None:
+    out = store / "out" / "table6"
+    assert main(["report", "table6", "--profile", "paper", "--out", str(out)]) == 0
+    md = (out / "table6.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| DHC") and "0.9" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    params_ratio, flops_ratio = float(cells[3]), float(cells[6])
+    assert abs(params_ratio - 1) < 0.02 and abs(flops_ratio - 1) < 0.02
+
+
+def test_figures_and_index(store: Path) -> None:
+    out = store / "out"
+    assert main(["figure", "fig6", "--study", "table2", "--profile", "smoke", "--out", str(out / "fig6")]) == 0
+    assert main(["figure", "fig1", "--study", "table2", "--profile", "smoke", "--out", str(out / "fig1")]) == 0
+    fig1 = pd.read_csv(out / "fig1" / "fig1.csv")
+    assert len(fig1) == 15 and fig1["hull"].notna().sum() > 10
+    from reports.index import render_index
+    page = render_index(out).read_text()
+    for link in ("table2/table2.md", "table6/table6.png", "fig1/fig1.png", "fig6/fig6.png"):
+        assert f'href="{link}"' in page
+
+
+def test_bootstrap_and_wilcoxon() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(50, 5, 60)
+    lo, hi = bootstrap_ci(a)
+    assert lo < a.mean() < hi and hi - lo < 4
+    assert paired_wilcoxon(a, a + 3 + rng.normal(0, 1, 60)) < 1e-6
+    assert np.isnan(paired_wilcoxon(a, a))
+
+
+def test_ranks_mark_best_and_second_with_ties() -> None:
+    mean = pd.DataFrame({"All": [50.0, 60.0, 55.0], "Es": [0.0, 0.0, 0.0]}, index=["a", "b", "c"])
+    table = RenderedTable("dice", mean, mean * 0, {}, pd.Series(["g"] * 3, index=mean.index), True)
+    marks = ranks(table)
+    assert marks["All"].tolist() == [0, 1, 2] and marks["Es"].tolist() == [0, 0, 0]
+    asd = RenderedTable("asd", mean, mean * 0, {}, pd.Series(["g"] * 3, index=mean.index), False)
+    assert ranks(asd)["All"].tolist() == [1, 0, 2]
