@@ -159,13 +159,13 @@ class StudyRunner:
     def run_cell(self, cell: Cell, experiment_id: str, parent_id: str | None = None) -> dict[str, Any]:
         cls = self.method_classes[cell.method]
         labeled_ids = self.splits["train"] if cls.label_pool == "all" else self.splits[self.split_names[0]]
-        unlabeled_ids = self.splits[self.split_names[1]] if cls.uses_unlabeled and cls.label_pool != "all" else []
+        unlabeled_ids = self.splits[self.split_names[1]] if cls.batch_policy == "two_stream" else []
         tags = {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, "method_group": cls.group,
                 "profile": cell.profile.name, "dataset": self.dataset.name,
                 "dataset_kind": "synthetic" if self.dataset.synthetic else "real", "split_sha256": self.split_sha,
                 "split_variant": self.study.split_variant or "published",
                 "mri_cases_in_splits": str(len(set(self.dataset.mri_cases) & set(sum(self.splits.values(), [])))),
-                "seed": str(cell.seed), "method_title": cls.title, "organs": ",".join(self.dataset.organs),
+                "seed": str(cell.seed), "method_title": cls.title, "batch_policy": cls.batch_policy, "organs": ",".join(self.dataset.organs),
                 "large_organs": ",".join(self.dataset.large_organs), "model_selection": "last_iteration", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
                 "flops_convention": FLOPS_CONVENTION, **self.protocol.tags(), **git_state()}
@@ -184,7 +184,7 @@ class StudyRunner:
             method.observe_data([c.label for c in labeled_cases], per_epoch)
             sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, cell.profile.labeled_batch,
                                        cell.profile.unlabeled_batch, cell.profile.patch, cell.seed,
-                                       cls.uses_unlabeled, cell.profile.device)
+                                       cls.batch_policy, cell.profile.device)
             train_start = time.time()
             train(method, sampler, cell.iterations, cell.profile.log_every,
                   on_log=lambda step, logs: mlflow.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=step),

@@ -47,20 +47,23 @@ class TwoStreamSampler:
     """Each batch: ``labeled_bs`` crops of labeled cases and ``unlabeled_bs`` crops of unlabeled cases.
 
     Both streams walk through random permutations (the TwoStreamBatchSampler of the references:
-    every case is seen once per pass). Methods that use no unlabeled data get ``labeled_bs +
-    unlabeled_bs`` labeled crops, so every method sees the same number of images per step.
+    every case is seen once per pass). ``policy`` (the method's ``batch_policy``): ``two_stream``
+    as above; ``labeled_only`` drops the unlabeled crops; ``all_labeled`` fills every slot with a
+    labeled crop.
     """
 
     def __init__(self, labeled: Sequence[Case], unlabeled: Sequence[Case], labeled_bs: int, unlabeled_bs: int,
-                 patch: Sequence[int], seed: int, uses_unlabeled: bool = True, device: str = "cpu") -> None:
+                 patch: Sequence[int], seed: int, policy: str = "two_stream", device: str = "cpu") -> None:
         if not labeled:
             raise ValueError("no labeled cases to train on")
-        if uses_unlabeled and unlabeled_bs and not unlabeled:
+        if policy not in ("two_stream", "labeled_only", "all_labeled"):
+            raise ValueError(f"unknown batch policy {policy!r}")
+        if policy == "two_stream" and unlabeled_bs and not unlabeled:
             raise ValueError("the method needs unlabeled cases but the split has none")
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
         self.patch, self.device = tuple(patch), device
-        self.labeled_bs = labeled_bs if uses_unlabeled else labeled_bs + unlabeled_bs
-        self.unlabeled_bs = unlabeled_bs if uses_unlabeled else 0
+        self.labeled_bs = labeled_bs + unlabeled_bs if policy == "all_labeled" else labeled_bs
+        self.unlabeled_bs = unlabeled_bs if policy == "two_stream" else 0
         self.rng = np.random.default_rng(seed)
         self._labeled_ids = _stream(len(self.labeled), self.rng)
         self._unlabeled_ids = _stream(max(len(self.unlabeled), 1), self.rng)

@@ -60,7 +60,10 @@ class Method(abc.ABC):
     ``predict`` and ``inference_modules``.
 
     Class attributes:
-        uses_unlabeled: the sampler feeds unlabeled images.
+        batch_policy: what the sampler puts in a batch. ``two_stream``: the profile's labeled and
+            unlabeled crops (semi-supervised methods); ``labeled_only``: only the labeled crops (the
+            supervised lower bound sees exactly the labeled data a semi-supervised method sees);
+            ``all_labeled``: labeled crops in every slot (the fully supervised upper bound).
         label_pool: ``labeled`` (the split's labeled cases) or ``all`` (every training label: the
             fully supervised upper bound).
         unsupervised_weight_field: name of the config field that weights the unlabeled-data loss
@@ -71,7 +74,7 @@ class Method(abc.ABC):
     title: ClassVar[str] = ""  # display name in tables, e.g. "Mean Teacher"
     group: ClassVar[Group] = "general"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    uses_unlabeled: ClassVar[bool] = True
+    batch_policy: ClassVar[Literal["two_stream", "labeled_only", "all_labeled"]] = "two_stream"
     label_pool: ClassVar[Literal["labeled", "all"]] = "labeled"
     unsupervised_weight_field: ClassVar[str | None] = None  # config field scaling the unlabeled loss
 

@@ -1,7 +1,7 @@
 """``fully``: the same network and loss as ``supervised`` trained on every training label.
 
-The paper's "V-Net (fully)" row: the upper bound (DHC ``train_fully.py``). The unlabeled cases'
-labels are used, so this method is not semi-supervised.
+The paper's "V-Net (fully)" row: the upper bound (DHC ``train_fully.py``, batch 4). Every batch slot
+holds a labeled crop from the whole training set, so this method is not semi-supervised.
 """
 from __future__ import annotations
 
@@ -22,3 +22,4 @@ class Fully(Supervised):
     group = "fully"
     Config = FullyConfig
     label_pool = "all"
+    batch_policy = "all_labeled"

@@ -1,9 +1,8 @@
 """``supervised``: a V-Net trained on the labeled cases only (the lower bound of every table).
 
 Loss: DHC's ``DC_and_CE`` (cross-entropy + foreground batch Dice, spec 1.3a), one network,
-Kaiming init, DHC-family optimiser. Every image of the batch (labeled + unlabeled slots of the
-profile's batch composition) is drawn from the labeled pool, so the number of images per step
-equals that of the semi-supervised methods.
+Kaiming init, DHC-family optimiser. Each step sees the profile's labeled crops only (2 under every
+profile): the same labeled data per step as a semi-supervised method, without the unlabeled part.
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ class Supervised(Method):
     title = "V-Net (labeled only)"
     group = "lower-bound"
     Config = SupervisedConfig
-    uses_unlabeled = False
+    batch_policy = "labeled_only"
     label_pool = "labeled"
 
     def build(self) -> None:

@@ -40,21 +40,22 @@ def test_study_logs_through_the_server(server, tiny_cohort: Path, monkeypatch: p
     _, url = server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
-                 "--no-progress"]) == 0
+                 "--seeds", "0,1", "--no-progress"]) == 0
     mlflow.set_tracking_uri(url)
     runs = mlflow.search_runs(experiment_names=["table2"], filter_string="attributes.status = 'FINISHED'")
     cells = runs[runs["tags.run_key"].notna()]
-    assert len(cells) == 1 and cells["metrics.test/dice_mean"].notna().all()
+    assert len(cells) == 2 and cells["metrics.test/dice_mean"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(cells["run_id"].iloc[0], "eval")}
     assert "eval/per_case.csv" in artifacts  # artifacts go through the server's proxy
 
 
 WORKER = textwrap.dedent("""
     import sys, mlflow
+    from benchmarks.tracking import ensure_experiment
     worker = int(sys.argv[1])
-    mlflow.set_experiment("concurrency")
+    experiment_id = ensure_experiment("concurrency")  # the harness's path (runner, cost study)
     for r in range(2):
-        with mlflow.start_run(run_name=f"w{worker}-r{r}", tags={"worker": str(worker)}):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"w{worker}-r{r}", tags={"worker": str(worker)}):
             mlflow.log_params({f"p{i}": f"{worker}-{r}-{i}" for i in range(10)})
             for step in range(20):
                 mlflow.log_metrics({f"m{k}": worker * 1000 + r * 100 + step + k / 10 for k in range(5)}, step=step)
@@ -73,6 +74,7 @@ def test_four_concurrent_writers_lose_nothing(server, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(url)
     runs = mlflow.search_runs(experiment_names=["concurrency"])
     assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    assert mlflow.search_runs(experiment_ids=["0"]).empty  # nothing misplaced in Default
     client = mlflow.MlflowClient()
     for run in runs.itertuples():
         data = client.get_run(run.run_id).data
@@ -93,3 +95,52 @@ def test_stop_ends_exactly_that_process(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert stop(config) is False
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("ORGANBENCH_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / ".artifacts"))
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_lists_runs_with_dice_and_compares_two(server, tiny_cohort: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headless Chromium drives the MLflow UI of the server holding the smoke study."""
+    from playwright.sync_api import sync_playwright
+    _, url = server
+    mlflow.set_tracking_uri(url)
+    if mlflow.get_experiment_by_name("table2") is None:  # when run alone
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+              "--seeds", "0,1", "--no-progress"])
+    experiment = mlflow.get_experiment_by_name("table2").experiment_id
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    runs_url = (f"{url}/#/experiments/{experiment}/runs?searchFilter=metrics.%60test%2Fdice_mean%60%20%3E%3D%200"
+                "&orderByKey=metrics.%60test%2Fdice_mean%60&orderByAsc=false")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 2600, "height": 1000})  # the grid renders visible columns only
+            page.goto(runs_url)
+            for name in ("supervised-seed0", "supervised-seed1"):
+                page.get_by_text(name).first.wait_for(timeout=60_000)
+            page.get_by_role("button", name="Columns").click()
+            page.get_by_placeholder("Search columns").fill("dice")
+            for column in ("test/dice_mean", "test/dice/liver"):
+                page.get_by_role("dialog").get_by_text(column, exact=True).click()
+            page.keyboard.press("Escape")
+            headers = page.get_by_role("columnheader").all_inner_texts()
+            assert "test/dice_mean" in headers and "test/dice/liver" in headers, headers
+            page.screenshot(path=str(ARTIFACTS / "mlflow_runs.png"))
+            for box in page.get_by_role("checkbox").all()[1:3]:
+                box.check()
+            page.get_by_role("button", name="Compare").click()
+            page.get_by_text("Comparing 2 Runs").wait_for(timeout=60_000)
+            assert "compare-runs" in page.url
+            for name in ("supervised-seed0", "supervised-seed1"):
+                assert page.get_by_text(name).count() >= 1
+            page.screenshot(path=str(ARTIFACTS / "mlflow_compare.png"))
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "mlflow_compare.png").stat().st_size > 10_000

@@ -73,7 +73,7 @@ def test_trained_smoke_model_on_real_ct(prepared_real: Path, tiny_cohort: Path) 
     labeled = [read_case(synthetic, i) for i in read_split(synthetic, "labeled_5p")]
     cls = get_method("supervised")
     method = cls(cls.Config(base_filters=4, dropout=False), 16, max_iterations=4)
-    train(method, TwoStreamSampler(labeled, [], 2, 2, (32, 32, 32), 0, uses_unlabeled=False), 4, progress=False)
+    train(method, TwoStreamSampler(labeled, [], 2, 2, (32, 32, 32), 0, "labeled_only"), 4, progress=False)
     case = read_case(load_dataset(prepared_real), "amos_9003")
     pred = predict_case(method, case, (32, 32, 32), (16, 16, 16))
     assert pred.shape == case.label.shape and pred.dtype == np.uint8 and pred.max() < 16
