@@ -50,25 +50,32 @@ class MeanTeacher(Method):
     def consistency_weight(self, step: int) -> float:
         return self.config.consistency * sigmoid_rampup(step, self.max_iterations)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's input: ``x + clip(N(0, std^2), -clip, clip)``."""
         c = self.config
+        return x + torch.randn_like(x).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
+
+    def step_optimizer(self, loss: torch.Tensor, ema_counter: int) -> None:
+        """Backward, SGD step, then the EMA update of the teacher with ``ema_counter``."""
+        opt = self.optimizers[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(self.teacher, self.student, ema_counter, self.config.ema_decay)
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self.student.train()
         self.teacher.train()
         n_l = batch.image_l.shape[0]
         logits = self.student(torch.cat([batch.image_l, batch.image_u]))
         logits_l, logits_u = logits[:n_l], logits[n_l:]
         sup = 0.5 * (F.cross_entropy(logits_l, batch.label_l) + soft_dice_fg(logits_l.softmax(1), batch.label_l))
-        noise = torch.randn_like(batch.image_u).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
         with torch.no_grad():
-            teacher_logits = self.teacher(batch.image_u + noise)
+            teacher_logits = self.teacher(self.noisy(batch.image_u))
         cons = softmax_mse(logits_u, teacher_logits)
         weight = self.consistency_weight(step)
         loss = sup + weight * cons
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_update(self.teacher, self.student, step, c.ema_decay)
+        self.step_optimizer(loss, step)
         return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cons": cons.item(), "cons_weight": weight}
 
     @torch.no_grad()

@@ -17,42 +17,27 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from methods.base import Batch, Method, MethodConfig
-from methods.common.ema import ema_update, make_teacher
+from methods.base import Batch
 from methods.common.losses import soft_dice_fg
 from methods.common.ramps import sigmoid_rampup
+from methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from methods.registry import register
 
 
 @dataclass
-class UAMTConfig(MethodConfig):
-    consistency: float = 0.1
-    ema_decay: float = 0.99
+class UAMTConfig(MeanTeacherConfig):
     ema_step: Literal["iteration", "epoch"] = "iteration"
     """``epoch`` reproduces the DHC trainer's defect (teacher = student copy during epoch 0)."""
     uncertainty_passes: int = 8
-    noise_std: float = 0.1
-    noise_clip: float = 0.2
 
 
 @register("uamt")
-class UAMT(Method):
+class UAMT(MeanTeacher):
     title = "UA-MT"
     group = "general"
-    unsupervised_weight_field = "consistency"
     Config = UAMTConfig
     config: UAMTConfig
-
-    def build(self) -> None:
-        self.student = self.make_vnet(init="kaiming")
-        self.teacher = make_teacher(self.student)
-        self.optimizers = [self.make_sgd(self.student)]
-
-    def noisy(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return x + torch.randn_like(x).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
 
     @torch.no_grad()
     def uncertainty(self, image_u: torch.Tensor) -> torch.Tensor:
@@ -84,19 +69,6 @@ class UAMT(Method):
         cons = (mask * squared).sum() / (2 * mask.sum() + 1e-16)
         weight = c.consistency * ramp
         loss = sup + weight * cons
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema_counter = step if c.ema_step == "iteration" else step // max(self.iterations_per_epoch, 1)
-        ema_update(self.teacher, self.student, ema_counter, c.ema_decay)
+        self.step_optimizer(loss, step if c.ema_step == "iteration" else step // max(self.iterations_per_epoch, 1))
         return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cons": cons.item(), "cons_weight": weight,
                 "certain_fraction": mask.mean().item()}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.student.eval()
-        return self.student(x)
-
-    def inference_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}

@@ -162,3 +162,13 @@ def test_ramps() -> None:
     assert sigmoid_rampup(150, 100) == 1.0
     assert poly_lr(0.01, 100, 100) == 0.0
     assert poly_lr(0.03, 10, 100) == pytest.approx(0.03 * 0.9**0.9)
+
+
+@pytest.mark.parametrize(("ema_step", "copies_student"), [("epoch", True), ("iteration", False)])
+def test_uamt_epoch_ema_flag_reproduces_the_reference_defect(ema_step: str, copies_student: bool) -> None:
+    """DHC's UA-MT passes the epoch to the EMA: during epoch 0 (alpha = 0) the teacher is a copy."""
+    method = build("uamt", ema_step=ema_step)  # build(): 5 iterations per epoch
+    for step in range(3):
+        method.train_step(make_batch(step), step)
+    same = all(torch.equal(t, s) for t, s in zip(method.teacher.parameters(), method.student.parameters()))
+    assert same is copies_student
