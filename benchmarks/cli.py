@@ -99,12 +99,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     from benchmarks.data import read_case, read_split, split_name
     from benchmarks.data.anatomy import organ_statistics, reference_foreground_shares
-    from benchmarks.data.nifti import _load_nifti
+    from benchmarks.data.nifti import read_nifti
     from benchmarks.tracking import ensure_experiment, setup_tracking
     if args.label_file:
         from benchmarks.data.synthetic import AMOS_CLASSES
         from benchmarks.data.prepare import to_lps
-        _load_nifti(Path(args.label_file))  # validates and names the file on failure
+        read_nifti(Path(args.label_file))  # validates and names the file on failure
         img = to_lps(nib.load(args.label_file))
         data, spacing = np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
         labels, spacings, organs, name, kind = [data.astype(np.int64)], [spacing], AMOS_CLASSES[1:], Path(args.label_file).name, "real"

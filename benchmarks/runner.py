@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import math
 import time
@@ -70,7 +71,6 @@ def _pick(values: dict[str, Any], profile: str, key: str, study: Study) -> Any:
 
 
 def _split_sha(info: DatasetInfo, names: list[str]) -> str:
-    import hashlib
     digest = hashlib.sha256()
     for name in names:
         digest.update((info.root / "splits" / f"{name}.txt").read_bytes())
@@ -156,19 +156,25 @@ class StudyRunner:
             mlflow.MlflowClient().set_terminated(parent_id, "FINISHED")
         return results
 
+    def run_tags(self, cell: Cell) -> dict[str, str]:
+        """Every protocol choice of a cell, as MLflow tags (mutable, searchable)."""
+        cls = self.method_classes[cell.method]
+        in_splits = set(self.dataset.mri_cases) & {i for ids in self.splits.values() for i in ids}
+        return {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, "method_group": cls.group,
+                "method_title": cls.title, "batch_policy": cls.batch_policy, "seed": str(cell.seed),
+                "profile": cell.profile.name, "dataset": self.dataset.name,
+                "dataset_kind": "synthetic" if self.dataset.synthetic else "real", "split_sha256": self.split_sha,
+                "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
+                "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
+                "model_selection": "last_iteration", "eval_grid": "dataset_grid",
+                "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
+                "flops_convention": FLOPS_CONVENTION, **self.protocol.tags(), **git_state()}
+
     def run_cell(self, cell: Cell, experiment_id: str, parent_id: str | None = None) -> dict[str, Any]:
         cls = self.method_classes[cell.method]
         labeled_ids = self.splits["train"] if cls.label_pool == "all" else self.splits[self.split_names[0]]
         unlabeled_ids = self.splits[self.split_names[1]] if cls.batch_policy == "two_stream" else []
-        tags = {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, "method_group": cls.group,
-                "profile": cell.profile.name, "dataset": self.dataset.name,
-                "dataset_kind": "synthetic" if self.dataset.synthetic else "real", "split_sha256": self.split_sha,
-                "split_variant": self.study.split_variant or "published",
-                "mri_cases_in_splits": str(len(set(self.dataset.mri_cases) & set(sum(self.splits.values(), [])))),
-                "seed": str(cell.seed), "method_title": cls.title, "batch_policy": cls.batch_policy, "organs": ",".join(self.dataset.organs),
-                "large_organs": ",".join(self.dataset.large_organs), "model_selection": "last_iteration", "eval_grid": "dataset_grid",
-                "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
-                "flops_convention": FLOPS_CONVENTION, **self.protocol.tags(), **git_state()}
+        tags = self.run_tags(cell)
         start = time.time()
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cell.method}-seed{cell.seed}", tags=tags,
                               parent_run_id=parent_id) as run:
@@ -200,8 +206,8 @@ class StudyRunner:
             mlflow.set_tags({"test_cases": str(len(test_ids)), "test_cases_total": str(len(self.splits["test"])),
                              "windows_per_case": str(window_count(self.cases(test_ids[:1])[0].image.shape,
                                                                   cell.profile.patch, cell.profile.eval_stride))})
-            cost = {"cost/params_M": params_millions(method), "cost/gflops_fwd_patch": forward_gflops(method, cell.profile.patch),
-                    "cost/train_time_s": train_time, "cost/train_step_s": train_time / max(cell.iterations, 1),
+            cost = {"cost/params_M": params_millions(method),
+                    "cost/gflops_fwd_patch": forward_gflops(method, cell.profile.patch), "cost/train_time_s": train_time, "cost/train_step_s": train_time / max(cell.iterations, 1),
                     "cost/eval_time_s": eval_time}
             mlflow.log_metrics({**summary, **cost})
             run_id = run.info.run_id

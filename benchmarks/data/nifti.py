@@ -153,7 +153,8 @@ def check_splits(info: DatasetInfo, splits: dict[str, list[str]], labeled: str, 
         raise DatasetError(f"{where}/test.txt shares {len(leak)} id(s) with train.txt, e.g. {leak[:3]}")
 
 
-def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(data, affine, spacing mm)`` of a 3-D NIfTI; a :class:`DatasetError` names the file otherwise."""
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -170,8 +171,8 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
 def read_case(info: DatasetInfo, case_id: str) -> Case:
     """Load, check and window one case (image clipped to the window then scaled to [0, 1])."""
     image_path, label_path = info.image_path(case_id), info.label_path(case_id)
-    image, affine, spacing = _load_nifti(image_path)
-    label, label_affine, _ = _load_nifti(label_path)
+    image, affine, spacing = read_nifti(image_path)
+    label, label_affine, _ = read_nifti(label_path)
     if image.shape != label.shape:
         raise DatasetError(f"{label_path}: shape {label.shape} differs from image {image_path} {image.shape}")
     if not np.allclose(affine, label_affine, atol=1e-3):

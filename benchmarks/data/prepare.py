@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data.nifti import _load_nifti
+from benchmarks.data.nifti import read_nifti
 from benchmarks.errors import DatasetError
 
 PROTOCOLS = {  # dataset -> protocol -> target grid (fixed shape, or a per-axis scale) and intensity rule
@@ -75,8 +75,8 @@ def prepare_case(image_path: Path, label_path: Path, protocol: str, dataset: str
     """Load one real case, reorient, remap labels (``label_map``: source id -> target id, others 0)
     and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``."""
     spec = protocol_spec(dataset, protocol)
-    _load_nifti(image_path)  # validates and names the file on failure
-    _load_nifti(label_path)
+    read_nifti(image_path)  # validates and names the file on failure
+    read_nifti(label_path)
     image_img, label_img = to_lps(nib.load(str(image_path))), to_lps(nib.load(str(label_path)))
     image, label = np.asarray(image_img.dataobj), np.asarray(label_img.dataobj).astype(np.int64)
     if image.shape != label.shape:
