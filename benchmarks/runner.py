@@ -58,6 +58,24 @@ class Cell:
                 f"seed{self.seed}/{self.profile.name}/{config_hash(self.resolved())}")
 
 
+def training_curve_figure(curve: list[dict[str, float]], title: str) -> "matplotlib.figure.Figure":
+    """Losses (and loss weights) against the iteration, one line per logged key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = [k for k in curve[0] if k not in ("step", "lr")] if curve else []
+    for key in keys:
+        ax.plot([c["step"] for c in curve], [c[key] for c in curve], label=key)
+    ax.set_xlabel("iteration")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 @functools.lru_cache(maxsize=1)
 def pip_freeze() -> str:
     """``name==version`` of every installed distribution (logged with each run)."""
@@ -192,10 +210,16 @@ class StudyRunner:
                                        cell.profile.unlabeled_batch, cell.profile.patch, cell.seed,
                                        cls.batch_policy, cell.profile.device)
             train_start = time.time()
-            train(method, sampler, cell.iterations, cell.profile.log_every,
-                  on_log=lambda step, logs: mlflow.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=step),
-                  progress=self.progress, description=f"{cell.method} seed {cell.seed}")
+            curve: list[dict[str, float]] = []
+
+            def on_log(step: int, logs: dict[str, float]) -> None:
+                mlflow.log_metrics({f"train/{k}": v for k, v in logs.items()}, step=step)
+                curve.append({"step": step, **logs})
+
+            train(method, sampler, cell.iterations, cell.profile.log_every, on_log=on_log, progress=self.progress,
+                  description=f"{cell.method} seed {cell.seed}")
             train_time = time.time() - train_start
+            mlflow.log_figure(training_curve_figure(curve, f"{cell.method} seed {cell.seed}"), "plots/training_curve.png")
             test_ids = self.test_ids()
             eval_start = time.time()
             per_case = evaluate(method, self.cases(test_ids), self.dataset, cell.profile.patch,

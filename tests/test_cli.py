@@ -52,8 +52,9 @@ def test_smoke_study_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_path: 
     client = mlflow.MlflowClient()
     curve = client.get_metric_history(runs["run_id"].iloc[0], "train/loss")
     assert len(curve) >= 2  # a training curve, not just a final value
-    artifacts = {a.path for a in client.list_artifacts(runs["run_id"].iloc[0], "eval")}
-    assert "eval/per_case.csv" in artifacts
+    run_id = runs["run_id"].iloc[0]
+    artifacts = {a.path for folder in ("eval", "plots", "env", "config") for a in client.list_artifacts(run_id, folder)}
+    assert {"eval/per_case.csv", "plots/training_curve.png", "env/pip_freeze.txt", "config/resolved.json"} <= artifacts
 
     capsys.readouterr()
     assert main(args) == 0
