@@ -74,16 +74,18 @@ def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
 
 
 def ranks(table: RenderedTable) -> pd.DataFrame:
-    """1 for the best and 2 for the second best value per column (ties share a rank; 0 otherwise;
-    a column whose values are all equal marks nothing)."""
+    """1 for the best and 2 for the second best value per column (ties share a rank; 0 otherwise).
+    The worst value is never marked, so a column where one method is best and all others tie at
+    the bottom (e.g. all 0) marks only the best."""
     out = pd.DataFrame(0, index=table.mean.index, columns=table.mean.columns)
     for column in table.mean.columns:
         values = table.mean[column].dropna().round(2)
         if values.nunique() < 2:  # nothing to single out
             continue
         dense = values.rank(method="dense", ascending=not table.higher_is_better).astype(int)
+        worst = dense.max()
         for method, rank in dense.items():
-            out.loc[method, column] = rank if rank <= 2 else 0
+            out.loc[method, column] = rank if rank <= 2 and rank < worst else 0
     return out
 
 

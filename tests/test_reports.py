@@ -71,9 +71,11 @@ def test_bootstrap_and_wilcoxon() -> None:
 
 
 def test_ranks_mark_best_and_second_with_ties() -> None:
-    mean = pd.DataFrame({"All": [50.0, 60.0, 55.0], "Es": [0.0, 0.0, 0.0]}, index=["a", "b", "c"])
+    mean = pd.DataFrame({"All": [50.0, 60.0, 55.0], "Es": [0.0, 0.0, 0.0], "RAG": [25.0, 0.0, 0.0]},
+                        index=["a", "b", "c"])
     table = RenderedTable("dice", mean, mean * 0, {}, pd.Series(["g"] * 3, index=mean.index), True)
     marks = ranks(table)
     assert marks["All"].tolist() == [0, 1, 2] and marks["Es"].tolist() == [0, 0, 0]
+    assert marks["RAG"].tolist() == [1, 0, 0]  # the tied bottom is not "second best"
     asd = RenderedTable("asd", mean, mean * 0, {}, pd.Series(["g"] * 3, index=mean.index), False)
     assert ranks(asd)["All"].tolist() == [1, 0, 2]
