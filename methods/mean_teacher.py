@@ -63,13 +63,18 @@ class MeanTeacher(Method):
         opt.step()
         ema_update(self.teacher, self.student, ema_counter, self.config.ema_decay)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def student_forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student logits on the unlabeled crops and the supervised loss ``0.5 (CE + soft Dice)``."""
         self.student.train()
         self.teacher.train()
         n_l = batch.image_l.shape[0]
         logits = self.student(torch.cat([batch.image_l, batch.image_u]))
-        logits_l, logits_u = logits[:n_l], logits[n_l:]
+        logits_l = logits[:n_l]
         sup = 0.5 * (F.cross_entropy(logits_l, batch.label_l) + soft_dice_fg(logits_l.softmax(1), batch.label_l))
+        return logits[n_l:], sup
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        logits_u, sup = self.student_forward(batch)
         with torch.no_grad():
             teacher_logits = self.teacher(self.noisy(batch.image_u))
         cons = softmax_mse(logits_u, teacher_logits)

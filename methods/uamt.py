@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from methods.base import Batch
-from methods.common.losses import soft_dice_fg
 from methods.common.ramps import sigmoid_rampup
 from methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from methods.registry import register
@@ -54,12 +52,7 @@ class UAMT(MeanTeacher):
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         c = self.config
-        self.student.train()
-        self.teacher.train()
-        n_l = batch.image_l.shape[0]
-        logits = self.student(torch.cat([batch.image_l, batch.image_u]))
-        logits_l, logits_u = logits[:n_l], logits[n_l:]
-        sup = 0.5 * (F.cross_entropy(logits_l, batch.label_l) + soft_dice_fg(logits_l.softmax(1), batch.label_l))
+        logits_u, sup = self.student_forward(batch)
         with torch.no_grad():
             teacher_probs = self.teacher(self.noisy(batch.image_u)).softmax(1)
         ramp = sigmoid_rampup(step, self.max_iterations)
