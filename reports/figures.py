@@ -54,13 +54,7 @@ def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", ba
     ax.set_ylabel("convex-hull volume / organ volume")
     ax.set_title(f"{latest['tags.dataset']} (SYNTHETIC): organ size vs shape complexity\n"
                  f"labels: Dice gain of {method} over {baseline} in {study} ({profile} profile)", fontsize=10)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "fig1.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    frame.to_csv(out_dir / "fig1.csv", index=False)
-    return path
+    return _save(fig, frame, out_dir, "fig1")
 
 
 def render_fig6(study: str, profile: str, out_dir: Path) -> Path:
@@ -82,10 +76,14 @@ def render_fig6(study: str, profile: str, out_dir: Path) -> Path:
     ax.set_ylabel("mean Dice (%) over organs, mean ± std over seeds")
     ax.set_title(f"{study} ({runs['tags.dataset'].iloc[0]}, {runs['tags.dataset_kind'].iloc[0].upper()}, "
                  f"{profile} profile): Dice vs FLOPs, point size = params", fontsize=10)
+    return _save(fig, summary, out_dir, "fig6")
+
+
+def _save(fig: plt.Figure, data: pd.DataFrame, out_dir: Path, name: str) -> Path:
+    """Write ``<name>.png`` and the plotted numbers as ``<name>.csv``; returns the PNG path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "fig6.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(out_dir / f"{name}.png", dpi=130)
     plt.close(fig)
-    summary.to_csv(out_dir / "fig6.csv", index=False)
-    return path
+    data.to_csv(out_dir / f"{name}.csv", index=False)
+    return out_dir / f"{name}.png"

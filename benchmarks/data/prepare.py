@@ -75,9 +75,9 @@ def prepare_case(image_path: Path, label_path: Path, protocol: str, dataset: str
     """Load one real case, reorient, remap labels (``label_map``: source id -> target id, others 0)
     and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``."""
     spec = protocol_spec(dataset, protocol)
-    read_nifti(image_path)  # validates and names the file on failure
-    read_nifti(label_path)
-    image_img, label_img = to_lps(nib.load(str(image_path))), to_lps(nib.load(str(label_path)))
+    # one read per file: validated arrays, wrapped again only to reuse nibabel's reorientation
+    image_img = to_lps(nib.Nifti1Image(*read_nifti(image_path)[:2]))
+    label_img = to_lps(nib.Nifti1Image(*read_nifti(label_path)[:2]))
     image, label = np.asarray(image_img.dataobj), np.asarray(label_img.dataobj).astype(np.int64)
     if image.shape != label.shape:
         raise DatasetError(f"{label_path}: shape {label.shape} differs from image {image_path} {image.shape}")
