@@ -6,9 +6,10 @@ import dataclasses
 from typing import Any
 
 import mlflow
+import torch
 
 from benchmarks.config import Profile, Study, config_hash
-from benchmarks.cost import FLOPS_CONVENTION, forward_gflops
+from benchmarks.cost import FLOPS_CONVENTION, all_networks_gflops, forward_gflops
 from benchmarks.data import load_dataset
 from benchmarks.data.sources import DATASETS_DIR
 from benchmarks.tracking import ensure_experiment, find_finished_run, flatten, git_state, setup_tracking
@@ -38,17 +39,22 @@ def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = N
             print(f"[skip] {name}: finished run {done}")
             results.append({"method": name, "run_id": done, "skipped": True})
             continue
-        method = cls(config, info.num_classes, max_iterations=1, device="meta")
+        method = cls(config, info.num_classes, max_iterations=1, device="meta", patch=profile.patch,
+                     class_names=info.class_names)
         infer = method.inference_modules()
+        trained = [trainable_parameters(m) for m in method.modules().values()]
         gflops = forward_gflops(method, profile.patch)
         metrics = {"cost/params_M": count_parameters(*infer.values()) / 1e6,
                    "cost/params_M_per_net": max(count_parameters(m) for m in infer.values()) / 1e6,
-                   "cost/params_M_train": count_parameters(*method.modules().values()) / 1e6,
+                   "cost/params_M_train": sum(trained) / 1e6,
+                   "cost/params_M_trained_net": max(trained) / 1e6,
                    "cost/gflops_fwd_patch": gflops, "cost/gmacs_fwd_patch": gflops / 2,
+                   "cost/gflops_fwd_all_nets": all_networks_gflops(method, profile.patch),
                    "cost/n_nets_infer": float(len(infer))}
         tags = {"run_key": run_key, "study": study.study, "method": name, "method_title": cls.title,
                 "method_group": cls.group, "profile": profile.name, "dataset": info.name,
                 "input_shape": str([1, 1, *profile.patch]), "flops_convention": FLOPS_CONVENTION, **git_state()}
+        tags.update(method.run_tags())
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"cost-{name}", tags=tags) as run:
             mlflow.log_params(flatten("", resolved))
             mlflow.log_metrics(metrics)
@@ -56,3 +62,9 @@ def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = N
               f"{metrics['cost/params_M_per_net']:.2f} M), {gflops:.1f} GFLOPs per {profile.patch} window")
         results.append({"method": name, "run_id": run.info.run_id, "skipped": False, **metrics})
     return results
+
+
+def trainable_parameters(module: torch.nn.Module) -> int:
+    """Parameters of ``module`` that receive gradient (an EMA teacher counts 0; a student counts
+    with every head it trains, e.g. MagicNet's location head)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

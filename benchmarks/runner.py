@@ -47,6 +47,8 @@ class Cell:
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the result (logged as params, hashed into the run key)."""
         profile = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("description", "log_every")}
+        # only the profile overrides this method has (others cannot change its result or its key)
+        profile["method_overrides"] = {k: v for k, v in profile["method_overrides"].items() if k in self.method_config}
         return {"study": self.study.study, "method": self.method, "seed": self.seed,
                 "dataset": self.dataset.name, "synthetic": self.dataset.synthetic, "split_sha256": self.split_sha,
                 "labeled_ratio": self.study.labeled_ratio, "protocol": self.study.protocol,
@@ -201,7 +203,9 @@ class StudyRunner:
             mlflow.log_text(pip_freeze(), "env/pip_freeze.txt")
             seed_everything(cell.seed)
             method: Method = cls(cls.Config(**cell.method_config), self.dataset.num_classes, cell.iterations,
-                                 device=cell.profile.device)
+                                 device=cell.profile.device, patch=cell.profile.patch,
+                                 class_names=self.dataset.class_names)
+            mlflow.set_tags(method.run_tags())
             labeled_cases, unlabeled_cases = self.cases(labeled_ids), self.cases(unlabeled_ids)
             per_epoch = (math.ceil(len(unlabeled_cases) / cell.profile.unlabeled_batch) if unlabeled_cases else
                          math.ceil(len(labeled_cases) / (cell.profile.labeled_batch + cell.profile.unlabeled_batch)))

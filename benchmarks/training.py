@@ -100,7 +100,8 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
     logs: dict[str, float] = {}
     bar = tqdm(range(iterations), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
-        lr = poly_lr(method.config.lr, step, iterations, method.config.poly_power)
+        lr = poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
+                     method.config.poly_power)
         for opt in method.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr

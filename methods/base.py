@@ -79,9 +79,20 @@ class Method(abc.ABC):
     unsupervised_weight_field: ClassVar[str | None] = None  # config field scaling the unlabeled loss
 
     def __init__(self, config: MethodConfig, num_classes: int, max_iterations: int, in_channels: int = 1,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", patch: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
+        """Args:
+            patch: the training patch ``(D, H, W)`` (methods whose layers depend on it, e.g. the
+                magic-cube location head, size them from it; None: the reference 96^3).
+            class_names: the dataset's class names in label order (TAK encodes text about them);
+                None: ``class_0 .. class_{C-1}``.
+        """
         self.config = config
         self.num_classes = num_classes
+        self.patch = tuple(patch) if patch is not None else (96, 96, 96)
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         self.in_channels = in_channels
         self.max_iterations = max_iterations
         self.device = torch.device(device)
@@ -148,6 +159,10 @@ class Method(abc.ABC):
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
         self.load_extra_state(state["extra"])
+
+    def run_tags(self) -> dict[str, str]:
+        """Extra MLflow tags describing inputs outside the config (e.g. TAK's text encoder checksum)."""
+        return {}
 
     def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:
         """Called once before training with the labeled pool's label volumes and the number of

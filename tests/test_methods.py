@@ -1,6 +1,7 @@
 """Conformance of every registered method, plus the shared building blocks (V-Net, EMA, ramps)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -14,18 +15,30 @@ from methods.common.vnet import VNet, count_parameters
 
 PATCH = (16, 16, 16)
 NUM_CLASSES = 4
+CLASS_NAMES = ["background", "spleen", "right_kidney", "left_kidney"]  # AMOS order (TAK encodes them)
 
 
-def make_batch(seed: int = 0) -> Batch:
+CUBE_PATCH = (32, 32, 32)  # magic-cube methods: a 2 x 2 x 1 grid of 16x16x32 cubes (the smallest valid)
+
+
+def patch_of(name: str) -> tuple[int, int, int]:
+    return CUBE_PATCH if "cube_grid" in {f.name for f in dataclasses.fields(get_method(name).Config)} else PATCH
+
+
+def make_batch(seed: int = 0, patch: tuple[int, int, int] = PATCH) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.rand(2, 1, *PATCH, generator=g), torch.randint(0, NUM_CLASSES, (2, *PATCH), generator=g),
-                 torch.rand(2, 1, *PATCH, generator=g))
+    return Batch(torch.rand(2, 1, *patch, generator=g), torch.randint(0, NUM_CLASSES, (2, *patch), generator=g),
+                 torch.rand(2, 1, *patch, generator=g))
 
 
 def build(name: str, seed: int = 0, **overrides: object):
     torch.manual_seed(seed)
     cls = get_method(name)
-    method = cls(cls.Config(base_filters=4, **overrides), NUM_CLASSES, max_iterations=10)
+    patch = patch_of(name)
+    if patch == CUBE_PATCH:
+        overrides = {"cube_grid": (2, 2, 1), "location_hidden": 64, **overrides}
+    method = cls(cls.Config(base_filters=4, **overrides), NUM_CLASSES, max_iterations=10, patch=patch,
+                 class_names=CLASS_NAMES)
     labels = [np.random.default_rng(i).integers(0, NUM_CLASSES, (20, 20, 20)) for i in range(3)]
     method.observe_data(labels, iterations_per_epoch=5)
     return method
@@ -34,10 +47,11 @@ def build(name: str, seed: int = 0, **overrides: object):
 @pytest.mark.parametrize("name", list_methods())
 def test_two_iterations_finite_and_predict_shape(name: str) -> None:
     method = build(name)
+    patch = patch_of(name)
     for step in range(2):
-        logs = method.train_step(make_batch(step), step)
+        logs = method.train_step(make_batch(step, patch), step)
         assert logs and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
-    assert method.predict(torch.rand(1, 1, *PATCH)).shape == (1, NUM_CLASSES, *PATCH)
+    assert method.predict(torch.rand(1, 1, *patch)).shape == (1, NUM_CLASSES, *patch)
     assert method.inference_modules() and count_parameters(*method.inference_modules().values()) > 0
 
 
@@ -46,26 +60,26 @@ def test_same_seed_same_numbers(name: str) -> None:
     def run() -> list[float]:
         method = build(name, seed=3)
         torch.manual_seed(7)
-        return [method.train_step(make_batch(s), s)["loss"] for s in range(2)]
+        return [method.train_step(make_batch(s, patch_of(name)), s)["loss"] for s in range(2)]
 
     assert run() == run()
 
 
 @pytest.mark.parametrize("name", list_methods())
 def test_checkpoint_round_trip(name: str) -> None:
-    method = build(name)
-    method.train_step(make_batch(), 0)
+    method, patch = build(name), patch_of(name)
+    method.train_step(make_batch(0, patch), 0)
     buffer = io.BytesIO()
     torch.save(method.state_dict(), buffer)
     restored = build(name, seed=99)
     buffer.seek(0)
     restored.load_state_dict(torch.load(buffer, weights_only=False))
-    x = torch.rand(1, 1, *PATCH)
+    x = torch.rand(1, 1, *patch)
     torch.testing.assert_close(restored.predict(x), method.predict(x))
     torch.manual_seed(1)
-    a = method.train_step(make_batch(5), 1)["loss"]
+    a = method.train_step(make_batch(5, patch), 1)["loss"]
     torch.manual_seed(1)
-    b = restored.train_step(make_batch(5), 1)["loss"]
+    b = restored.train_step(make_batch(5, patch), 1)["loss"]
     assert a == pytest.approx(b, rel=1e-5)
 
 
@@ -82,7 +96,7 @@ def test_unsupervised_term_sends_gradient(name: str) -> None:
     def updated_params(weight: float) -> list[torch.Tensor]:
         method = build(name, seed=0, norm="none", dropout=False, **{field: weight})
         torch.manual_seed(11)
-        method.train_step(make_batch(2), step=10)  # ramp-ups saturated (budget 10)
+        method.train_step(make_batch(2, patch_of(name)), step=10)  # ramp-ups saturated (budget 10)
         return [p.detach().clone() for m in method.inference_modules().values() for p in m.parameters()]
 
     without, with_ = updated_params(0.0), updated_params(1.0)

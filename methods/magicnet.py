@@ -1,0 +1,218 @@
+"""``magicnet``: MagicNet (Chen et al., CVPR 2023; spec 4.2), the skeleton GA and TAK build on.
+
+A Mean Teacher whose student learns from magic cubes. Per iteration, on ``x = [labeled; unlabeled]``:
+
+1. the student segments ``x`` (``O``);
+2. cross-image partition and recovery: the batch is cut into a grid of cubes, every cube position's
+   cubes are shuffled across the batch, the mixed batch is encoded and decoded, and the recovered
+   penultimate feature gives ``O_mix``;
+3. the teacher (EMA) segments the noisy unlabeled images (``Z_T``, pseudo-label ``Y``);
+4. within-image partition: every sample's cubes are encoded alone; a location head classifies each
+   cube's position from its bottleneck; the labeled samples' cube decodings are re-assembled (``O_within``);
+5. supervised ``[CE(O) + Dice(O) + Dice(O_mix) + Dice(O_within)] / 4`` on the labeled samples;
+6. cube-wise pseudo-label blending (``step > blend_start``): ``Z = (1 - w) Z_T + w Z_cube`` with
+   ``w = d[Y]`` from the class distribution of recent pseudo-labels and ``Z_cube`` the student's
+   re-assembled cube decoding of the unlabeled samples;
+7. consistency ``Dice(O_mix, argmax Z)`` on the unlabeled samples, plus ``0.1`` x location CE.
+
+Where this does not follow the reference, and why:
+- ``cube_grid`` is a profile setting: the ``smoke``/``cpu`` profiles' 32^3 patch holds a 2 x 2 x 1 grid
+  of 16 x 16 x 32 cubes (3 x 3 x 3 cubes of 32^3 need a 96^3 patch; 16^3 cubes end in a 1^3
+  bottleneck that InstanceNorm cannot normalise). The location head's input width follows the
+  patch (``16 nf x`` bottleneck voxels per cube) and it has one output per cube position.
+- The consistency ramp spans the run's budget (``reference_ramp=True`` restores
+  ``rampup(iter // 350, 200)``, which assumes 70k iterations).
+- The unlabeled cube decodings feed only the (argmax) pseudo-label, so they run without gradient;
+  the losses are unchanged.
+- Model selection: the last iteration (MagicNet's own protocol), for every method of the suite.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Batch, Method
+from methods.common.ema import ema_update, make_teacher
+from methods.common.ga_losses import magic_dice
+from methods.common.magic_cube import as_grid, assemble, location_labels, mix_across_batch, partition, unmix
+from methods.common.magicnet_parts import ClassDistributionLogger, LocationHead, MagicCubeConfig
+from methods.common.ramps import sigmoid_rampup
+from methods.common.vnet import VNet
+from methods.registry import register
+
+
+class MagicModel(nn.Module):
+    """V-Net plus the cube-location head. ``encode``/``decode``/``head`` expose the stages the
+    partition-recovery steps recombine; ``forward`` is plain segmentation (logits)."""
+
+    def __init__(self, backbone: VNet, location_head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.location_head = backbone, location_head
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.encode(x)
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.backbone.decode(feats)
+
+    def head(self, feats: list[torch.Tensor] | None, x9: torch.Tensor) -> torch.Tensor:
+        """Logits from the decoder feature ``x9`` (MagicNet ignores the encoder features)."""
+        return self.backbone.out_conv(x9)
+
+    def inference_parts(self) -> dict[str, nn.Module]:
+        return {"backbone": self.backbone}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encode(x)
+        return self.head(feats, self.decode(feats))
+
+
+@register("magicnet")
+class MagicNet(Method):
+    title = "MagicNet"
+    group = "imbalance"
+    Config = MagicCubeConfig
+    unsupervised_weight_field = "consistency"
+    config: MagicCubeConfig
+    recovers_encoder_features = False  # TAK's head needs the recovered encoder features too
+
+    # -- networks -----------------------------------------------------------------------------
+    def build(self) -> None:
+        self.grid = as_grid(self.config.cube_grid)
+        self.student = self.make_model()
+        self.teacher = make_teacher(self.student)
+        self.optimizers = [self.make_sgd(self.student)]
+        self.class_logger = ClassDistributionLogger(self.num_classes, self.config.dist_window)
+
+    def make_model(self) -> nn.Module:
+        return MagicModel(self.make_vnet(), self.make_location_head())
+
+    def make_location_head(self, bias: bool = True) -> LocationHead:
+        """Input width ``16 nf x`` bottleneck voxels of one cube (``patch / grid / 16``; reference:
+        256 x 2^3 = 2048), one output per cube position."""
+        self.check_patch(self.patch)
+        cube = [p // g // 16 for p, g in zip(self.patch, self.grid)]
+        return LocationHead(16 * self.config.base_filters * cube[0] * cube[1] * cube[2],
+                            self.grid[0] * self.grid[1] * self.grid[2], self.config.location_hidden, bias)
+
+    # -- schedule -----------------------------------------------------------------------------
+    def consistency_weight(self, step: int) -> float:
+        if self.config.reference_ramp:
+            return self.config.consistency * sigmoid_rampup(step // 350, 200)
+        return self.config.consistency * sigmoid_rampup(step, self.max_iterations)
+
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return x + torch.randn_like(x).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
+
+    # -- losses (GA swaps these) --------------------------------------------------------------
+    def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def dice(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return magic_dice(probs, labels)
+
+    # -- the partition-recovery steps ---------------------------------------------------------
+    def check_patch(self, shape: tuple[int, ...]) -> None:
+        """A clear error when the patch cannot hold the cube grid (or differs from the built one)."""
+        cube = [sz // g for sz, g in zip(shape, self.grid)]
+        if any(sz % g for sz, g in zip(shape, self.grid)) or any(c % 16 for c in cube):
+            raise ValueError(f"{self.name}: patch {list(shape)} with cube_grid {list(self.grid)} gives cubes "
+                             f"{cube}; every cube dimension must be a multiple of 16")
+        if self.config.norm == "instance" and max(cube) < 32:
+            raise ValueError(f"{self.name}: cubes {cube} (patch {list(shape)}, cube_grid {list(self.grid)}) reach "
+                             f"a 1x1x1 bottleneck that InstanceNorm cannot normalise; one cube dimension must be >= 32")
+        if tuple(shape) != tuple(self.patch):
+            raise ValueError(f"{self.name}: batch patch {list(shape)} differs from the patch {list(self.patch)} "
+                             f"the location head was built for")
+
+    def recovered_logits(self, mixed_feats: list[torch.Tensor], mixed_x9: torch.Tensor,
+                         perms: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Cross-image recovery: MagicNet un-permutes only the decoder feature."""
+        feats = [unmix(f, perms, self.grid) for f in mixed_feats[2:]] if self.recovers_encoder_features else None
+        return self.student.head(feats, unmix(mixed_x9, perms, self.grid)), feats
+
+    def location_loss(self, cube_feats: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        """Mean over samples of the 27-way (``K``-way) CE of each sample's cubes, one head call per
+        sample (its BatchNorm1d normalises over that sample's cubes, as in the reference)."""
+        k = cube_feats[-1].shape[0] // batch_size
+        target = location_labels(self.grid, cube_feats[-1].device)
+        flat = cube_feats[-1].flatten(1).reshape(batch_size, k, -1)
+        return torch.stack([F.cross_entropy(self.student.location_head(flat[b]), target)
+                            for b in range(batch_size)]).mean()
+
+    def assemble_cubes(self, model: nn.Module, cube_feats: list[torch.Tensor], n: int) -> torch.Tensor:
+        """Decode ``n`` samples' cube features and re-assemble the logits ``(n, C, D, H, W)``."""
+        x9 = model.decode(cube_feats)
+        whole = assemble(x9.reshape(n, -1, *x9.shape[1:]), self.grid, self.config.cube_unmix_transposed)
+        return model.head(None, whole)
+
+    def cube_logits_for_blending(self, cube_feats: list[torch.Tensor], n_l: int, n_u: int) -> torch.Tensor:
+        """``Z_cube``: the student's re-assembled decoding of the unlabeled samples' cubes."""
+        k = cube_feats[0].shape[0] // (n_l + n_u)
+        return self.assemble_cubes(self.student, [f[n_l * k:] for f in cube_feats], n_u)
+
+    def blended_pseudo_labels(self, teacher_logits: torch.Tensor, cube_feats: list[torch.Tensor], n_l: int,
+                              step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``argmax [(1 - w) Z_T + w Z_cube]`` after ``blend_start`` (``argmax Z_T`` before) and the
+        blended logits (None before)."""
+        weights = self.class_logger.class_weights(self.config.dist_temperature)
+        if step <= self.config.blend_start or weights is None:
+            return teacher_logits.argmax(1), None
+        pseudo = teacher_logits.argmax(1)
+        w = weights.to(teacher_logits.device)[pseudo].unsqueeze(1)
+        cube = self.cube_logits_for_blending(cube_feats, n_l, teacher_logits.shape[0])
+        blended = (1 - w) * teacher_logits + w * cube
+        return blended.argmax(1), blended
+
+    # -- one iteration ------------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        c, s = self.config, self.student
+        n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
+        x, labels = torch.cat([batch.image_l, batch.image_u]), batch.label_l
+        self.check_patch(tuple(x.shape[2:]))
+        s.train()
+        self.teacher.train()
+        feats = s.encode(x)
+        logits = s.head(feats, s.decode(feats))
+        mixed, perms = mix_across_batch(x, self.grid)
+        mixed_feats = s.encode(mixed)
+        logits_mix, _ = self.recovered_logits(mixed_feats, s.decode(mixed_feats), perms)
+        with torch.no_grad():
+            teacher_logits = self.teacher(self.noisy(batch.image_u))
+        cube_feats = s.encode(partition(x, self.grid).flatten(0, 1))
+        loss_loc = self.location_loss(cube_feats, n_l + n_u)
+        k = cube_feats[0].shape[0] // (n_l + n_u)
+        logits_within = self.assemble_cubes(s, [f[: n_l * k] for f in cube_feats], n_l)
+        loss_sup = (self.supervised_ce(logits[:n_l], labels) + self.dice(logits[:n_l].softmax(1), labels)
+                    + self.dice(logits_mix[:n_l].softmax(1), labels)
+                    + self.dice(logits_within.softmax(1), labels)) / 4
+        with torch.no_grad():
+            pseudo, _ = self.blended_pseudo_labels(teacher_logits, [f.detach() for f in cube_feats], n_l, step)
+            self.class_logger.update(pseudo, step)
+        loss_cons = self.dice(logits_mix[n_l:].softmax(1), pseudo)
+        weight = self.consistency_weight(step)
+        loss = loss_sup + c.location_weight * loss_loc + weight * loss_cons
+        self.optimizers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[0].step()
+        ema_update(self.teacher, s, step, c.ema_decay)
+        return {"loss": loss.item(), "loss_sup": loss_sup.item(), "loss_loc": loss_loc.item(),
+                "loss_cons": loss_cons.item(), "cons_weight": weight}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.student.eval()
+        return self.student(x)
+
+    def inference_modules(self) -> dict[str, nn.Module]:
+        return self.student.inference_parts()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"class_logger": self.class_logger.state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.class_logger.load(state["class_logger"])
