@@ -11,7 +11,8 @@ MLFLOW_PORT ?= 5000
 RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA))
 
 .PHONY: setup test bench list-methods clean-reports mlflow mlflow-stop mlflow-status \
-	table1 table2 table3 table4 table6 fig1 fig6 index reports
+	table1 table2 table3 table4 table6 fig1 fig6 index reports \
+	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder
 
 setup: $(STAMP)
 
@@ -37,6 +38,12 @@ table1 table2 table3 table4: setup
 	$(PY) -m benchmarks report $@ --profile $(PROFILE)
 	$(PY) -m benchmarks index
 
+# The TAK ablations (Tables 5, 7, 8, 9): variants of `tak`, rendered beside the published values.
+ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder: setup
+	$(PY) -m benchmarks run $@ $(RUN_ARGS)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE)
+	$(PY) -m benchmarks index
+
 # Costs are counted under the paper profile unless PROFILE= is given (no data, no training, no GPU).
 COST_PROFILE = $(if $(filter command line environment,$(origin PROFILE)),$(PROFILE),paper)
 table6: setup
@@ -56,7 +63,8 @@ fig6: table2
 index: setup
 	$(PY) -m benchmarks index
 
-reports: table1 table2 table3 table4 table6 fig1 fig6
+reports: table1 table2 table3 table4 table6 fig1 fig6 ablation-prompt ablation-lambda-c ablation-lambda-n \
+	ablation-encoder
 
 clean-reports:
 	rm -rf reports/out

@@ -51,6 +51,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if study.kind == "cost":
         from reports.cost import render_cost_table
         paths = render_cost_table(study.study, args.profile, out, study.title)
+    elif study.variants:
+        from reports.ablation import render_ablation
+        paths = render_ablation(study, args.profile, out)
     else:
         paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title)
     for path in paths:

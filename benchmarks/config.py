@@ -52,7 +52,18 @@ class Study:
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     split_variant: str = ""  # e.g. "corrected": labeled_20p_corrected / unlabeled_20p_corrected
     kind: str = "train"  # "train": train + evaluate; "cost": count params/FLOPs only (no data, no training)
+    # Ablations: named variants of a registered method, listed in ``methods`` like methods, e.g.
+    # {tak-lc0.5: {method: tak, overrides: {contrast_weight: 0.5}, value: {lambda_c: 0.5}}}.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The published panel of an ablation: {file: table7_lambda_c.csv, key: [lambda_c]} (reports/published/).
+    published: dict[str, Any] = field(default_factory=dict)
+    # Variants whose inputs are absent (e.g. text-encoder weights) are listed and skipped, not fatal.
+    skip_unavailable: bool = False
     path: Path = Path()
+
+    def base_method(self, entry: str) -> str:
+        """The registered method behind a ``methods`` entry (itself unless it is a variant)."""
+        return self.variants[entry]["method"] if entry in self.variants else entry
 
 
 def _read_yaml(path: Path) -> Any:
@@ -117,6 +128,12 @@ def load_study(name_or_path: str) -> Study:
         value = getattr(study, key)
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: {key} must map profile names to values")
+    for name, spec in study.variants.items():
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise ConfigError(f"{path}: variants.{name} must be a mapping with a 'method' key")
+        unknown = sorted(set(spec) - {"method", "overrides", "value"})
+        if unknown:
+            raise ConfigError(f"{path}: variants.{name}: unknown key(s) {unknown}; allowed: method, overrides, value")
     return study
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import importlib.metadata
 import math
 import time
@@ -21,7 +22,7 @@ from benchmarks.config import Profile, Study, config_hash
 from benchmarks.cost import FLOPS_CONVENTION, forward_gflops, params_millions
 from benchmarks.data import Case, DatasetInfo, check_splits, read_case, read_split, split_name
 from benchmarks.data.sources import resolve_dataset
-from benchmarks.errors import ConfigError
+from benchmarks.errors import ConfigError, OrganbenchError
 from benchmarks.evaluation import evaluate, summarize
 from benchmarks.inference import window_count
 from benchmarks.metrics import get_protocol
@@ -114,7 +115,7 @@ class StudyRunner:
         unknown = sorted(set(study.method_overrides) - set(self.methods) - set(study.methods))
         if unknown:
             raise ConfigError(f"{study.path}: method_overrides names methods not in the study: {unknown}")
-        self.method_classes = {name: get_method(name) for name in self.methods}
+        self.method_classes = {name: get_method(study.base_method(name)) for name in self.methods}
         self.configs = {name: self._method_config(name) for name in self.methods}
         self.dataset = resolve_dataset(study.dataset, profile, data_dir, progress)
         ratio = study.labeled_ratio
@@ -131,7 +132,18 @@ class StudyRunner:
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         overrides = {k: v for k, v in self.profile.method_overrides.items() if k in fields}
         overrides.update(self.study.method_overrides.get(name, {}))
-        return dataclasses.asdict(cls.resolve_config(overrides, f"{self.study.path}: method_overrides.{name}"))
+        overrides.update(self.study.variants.get(name, {}).get("overrides", {}))
+        return dataclasses.asdict(cls.resolve_config(overrides, f"{self.study.path}: method_overrides/variants.{name}"))
+
+    def unavailable(self) -> dict[str, str]:
+        """Entries whose inputs are absent (e.g. text-encoder weights), with the reason."""
+        absent = {}
+        for name, cls in self.method_classes.items():
+            try:
+                cls.check_available(cls.Config(**self.configs[name]))
+            except OrganbenchError as exc:
+                absent[name] = str(exc)
+        return absent
 
     def cases(self, ids: list[str]) -> list[Case]:
         for case_id in ids:
@@ -149,8 +161,13 @@ class StudyRunner:
 
     def run(self) -> list[dict[str, Any]]:
         """Run every cell not finished yet; returns one summary dict per cell."""
+        absent = self.unavailable()
+        for name, reason in absent.items():
+            print(f"[absent] {name}: {reason}")
+        if absent and not self.study.skip_unavailable:
+            raise ConfigError(f"{self.study.path}: cannot run {sorted(absent)}: " + "; ".join(absent.values()))
         experiment_id = ensure_experiment(self.study.study)
-        cells, results = self.cells(), []
+        cells, results = [c for c in self.cells() if c.method not in absent], []
         finished = {cell.run_key: find_finished_run(experiment_id, cell.run_key) for cell in cells}
         if all(finished.values()):
             parent_id = None
@@ -180,7 +197,9 @@ class StudyRunner:
         """Every protocol choice of a cell, as MLflow tags (mutable, searchable)."""
         cls = self.method_classes[cell.method]
         in_splits = set(self.dataset.mri_cases) & {i for ids in self.splits.values() for i in ids}
-        return {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, "method_group": cls.group,
+        variant = {"base_method": cls.name, "variant_value": json.dumps(self.study.variants[cell.method].get("value"))
+                   } if cell.method in self.study.variants else {}
+        return {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, **variant, "method_group": cls.group,
                 "method_title": cls.title, "batch_policy": cls.batch_policy, "seed": str(cell.seed),
                 "profile": cell.profile.name, "dataset": self.dataset.name,
                 "dataset_kind": "synthetic" if self.dataset.synthetic else "real", "split_sha256": self.split_sha,

@@ -160,6 +160,11 @@ class Method(abc.ABC):
             o.load_state_dict(s)
         self.load_extra_state(state["extra"])
 
+    @classmethod
+    def check_available(cls, config: MethodConfig) -> None:
+        """Raise an ``OrganbenchError`` naming what is missing when an input the config needs is absent
+        (e.g. text-encoder weights); the default needs nothing."""
+
     def run_tags(self) -> dict[str, str]:
         """Extra MLflow tags describing inputs outside the config (e.g. TAK's text encoder checksum)."""
         return {}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from methods.base import Method
 
 ENTRY_POINT_GROUP = "organbench.methods"
-BUILTIN_MODULES = ("supervised", "fully", "mean_teacher", "cps", "dhc", "cld", "uamt", "magicnet", "ga")
+BUILTIN_MODULES = ("supervised", "fully", "mean_teacher", "cps", "dhc", "cld", "uamt", "magicnet", "ga", "tak")
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False

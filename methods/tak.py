@@ -1,0 +1,225 @@
+"""``tak``: Textual Anatomical Knowledge (the seed paper; spec 4.1) on MagicNet + GA.
+
+The GA-MagicNet student (``methods/ga.py``) with two additions driven by text about each organ's
+position and shape (``tak/knowledge``, encoded once by ``tak/encoders``, cached on disk):
+
+- a text-driven head (``tak/model.py``): per sample and class, a controller turns [global image code;
+  class text code] into the weights of a small 1x1x1 head;
+- cross-modal contrastive alignment (``tak/contrast.py``): at x3, x4, x5, sampled voxel embeddings of
+  12 views (original, cross-image recovered, within-image re-assembled) and the projected text
+  embeddings are pulled together by class (labels, or entropy-filtered pseudo-labels).
+
+Loss: ``L_sup + 0.1 L_loc + lambda_u L_cons + lambda_c L_con`` (lambda_c = 0.1, lambda_N = 40 voxels
+per class and view at x3, half at x4, a quarter at x5, tau = 0.07, contrast after epoch 20 of 161).
+
+Where this does not follow the reference, and why:
+- Epoch-based schedules (contrast start at epoch 20, consistency ramp over 160 epochs, entropy
+  threshold ramp over 100) are placed on the study's budget as fractions of the reference's 161
+  epochs, so every profile sees the same schedule shape (the reference's epoch is one pass over the
+  unlabeled cases, which the ``cpu`` budget would never complete).
+- Default text encoder ``minilm`` (shipped offline); the paper's BiomedCLIP is ``text_encoder:
+  biomedclip`` with local weights. Default knowledge: the shipped, hand-written descriptions.
+- ``cube_grid`` per profile as for MagicNet; TAK's head needs no change (any text width works).
+- The reference crashes at iteration 101 (``T_dist`` undeclared); ``dist_temperature`` is 1.0.
+- ``lambda_N = 0`` (Table 8's first column) means no contrastive term, as the published value shows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+from benchmarks.errors import ConfigError
+from methods.base import Batch
+from methods.common.ema import ema_update
+from methods.common.ga_losses import ga_ce, ga_dice
+from methods.common.magic_cube import assemble, mix_across_batch, partition, unmix
+from methods.common.magicnet_parts import MagicCubeConfig
+from methods.common.ramps import sigmoid_rampup
+from methods.magicnet import MagicNet
+from methods.registry import register
+
+
+@dataclass
+class TAKConfig(MagicCubeConfig):
+    nesterov: bool = True
+    top_k_percent: float = 10.0
+    gamma: float = 0.5
+    knowledge: str = "auto"
+    """A shipped knowledge base (``amos``, ``synapse``), a YAML path, or ``auto`` (the shipped base that
+    names every class of the dataset)."""
+    prompt_mode: str = "position+shape"
+    """Table 5: ``name``, ``position``, ``shape`` or ``position+shape``."""
+    text_encoder: str = "minilm"
+    """Table 9: ``minilm`` (offline default), ``biomedclip`` (paper), ``clip``, ``pmc-clip``, ``unimed-clip``."""
+    text_weights: str | None = None
+    """A local weights folder for the CLIP-family encoders (default: ``weights/<encoder>/``)."""
+    contrast: bool = True
+    """Table 5's "Contrast" column."""
+    contrast_weight: float = 0.1
+    """lambda_c (Table 7)."""
+    samples_per_class: int = 40
+    """lambda_N (Table 8): voxels per class and view at x3 (x4: half, x5: a quarter); 0 = no contrast."""
+    temperature: float = 0.07
+    contrast_start_epoch: float = 20
+    reference_epochs: int = 161
+    consistency_ramp_epochs: float = 160
+    entropy_ramp_epochs: float = 100
+
+
+@register("tak")
+class TAK(MagicNet):
+    title = "TAK"
+    group = "imbalance"
+    Config = TAKConfig
+    config: TAKConfig
+    unsupervised_weight_field = "consistency"
+
+    def build(self) -> None:
+        if self.config.reference_ramp:
+            raise ConfigError("tak: reference_ramp does not apply (TAK's consistency ramp spans its epochs)")
+        self.text, self.text_tags = self.text_embeddings()
+        super().build()
+
+    @classmethod
+    def check_available(cls, config: TAKConfig) -> None:
+        from tak.encoders import encoder_info
+        encoder_info(config.text_encoder, config.text_weights)  # MissingWeightsError names what to download
+
+    def text_embeddings(self) -> tuple[torch.Tensor, dict[str, str]]:
+        """``(2, C, text_dim)`` embeddings of the prompt pair of every class, and their record."""
+        from tak.encoders import embed_texts
+        from tak.knowledge import knowledge_sha256, load_knowledge, prompt_pairs
+        c = self.config
+        kb = load_knowledge(self.knowledge_source())
+        first, second = prompt_pairs(kb, self.class_names, c.prompt_mode)
+        vectors, record = embed_texts(c.text_encoder, first + second, c.text_weights)
+        tags = {**record, "knowledge": kb.version, "knowledge_sha256": knowledge_sha256(kb),
+                "prompt_mode": c.prompt_mode}
+        return vectors.reshape(2, self.num_classes, -1), tags
+
+    def knowledge_source(self) -> str:
+        if self.config.knowledge != "auto":
+            return self.config.knowledge
+        from tak.knowledge import load_knowledge
+        for name in ("amos", "synapse"):
+            if set(self.class_names) <= set(load_knowledge(name).organs):
+                return name
+        raise ConfigError(f"tak: no shipped knowledge base names every class {self.class_names}; "
+                          f"set method_overrides.tak.knowledge to a YAML file")
+
+    def make_model(self) -> nn.Module:
+        from tak.model import TAKNetwork
+        return TAKNetwork(self.make_vnet(), self.text, self.make_location_head(bias=False))
+
+    def run_tags(self) -> dict[str, str]:
+        return dict(self.text_tags)
+
+    # -- schedules on the reference's epochs --------------------------------------------------
+    def reference_epoch(self, step: int) -> float:
+        return step * self.config.reference_epochs / max(self.max_iterations, 1)
+
+    def consistency_weight(self, step: int) -> float:
+        return self.config.consistency * sigmoid_rampup(self.reference_epoch(step), self.config.consistency_ramp_epochs)
+
+    def entropy_threshold(self, step: int) -> float:
+        """``ln 2 (0.75 + 0.25 rampup(epoch, 100))`` nats: unlabeled voxels above it are not sampled."""
+        ramp = sigmoid_rampup(self.reference_epoch(step), self.config.entropy_ramp_epochs)
+        return float(torch.log(torch.tensor(2.0))) * (0.75 + 0.25 * ramp)
+
+    def contrast_active(self, step: int) -> bool:
+        c = self.config
+        return c.contrast and c.samples_per_class > 0 and self.reference_epoch(step) > c.contrast_start_epoch
+
+    # -- GA losses ----------------------------------------------------------------------------
+    def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ga_ce(logits, labels, self.config.top_k_percent, self.config.gamma)
+
+    def dice(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ga_dice(probs, labels)
+
+    # -- cube re-assembly with the encoder features the head needs ----------------------------
+    def assemble_volumes(self, cube_tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+        t = self.config.cube_unmix_transposed
+        return [assemble(f.reshape(n, -1, *f.shape[1:]), self.grid, t) for f in cube_tensors]
+
+    def assemble_cubes(self, model: nn.Module, cube_feats: list[torch.Tensor], n: int) -> torch.Tensor:
+        x9 = model.decode(cube_feats)
+        *feats, whole = self.assemble_volumes([*cube_feats[-3:], x9], n)
+        return model.head(feats, whole)
+
+    def cube_logits_for_blending(self, cube_feats: list[torch.Tensor], n_l: int, n_u: int) -> torch.Tensor:
+        """TAK's ``Z_cube``: the teacher's decoder and head (per cube, with the student's class codes)
+        on the student's cube features of the unlabeled samples, re-assembled."""
+        k = cube_feats[0].shape[0] // (n_l + n_u)
+        unlabeled = [f[n_l * k:] for f in cube_feats]
+        logits = self.teacher.head(unlabeled, self.teacher.decode(unlabeled), self.student.class_codes())
+        return self.assemble_volumes([logits], n_u)[0]
+
+    # -- one iteration ------------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        c, s = self.config, self.student
+        n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
+        x, labels = torch.cat([batch.image_l, batch.image_u]), batch.label_l
+        self.check_patch(tuple(x.shape[2:]))
+        s.train()
+        self.teacher.train()
+        feats = s.encode(x)                                                   # 1. student
+        logits = s.head(feats, s.decode(feats))
+        mixed, perms = mix_across_batch(x, self.grid)                         # 2. cross-image
+        mixed_feats = s.encode(mixed)
+        recovered = [unmix(f, perms, self.grid) for f in mixed_feats[-3:]]
+        logits_mix = s.head(recovered, unmix(s.decode(mixed_feats), perms, self.grid))
+        with torch.no_grad():                                                 # 3. teacher
+            teacher_logits = self.teacher(self.noisy(batch.image_u))
+        cube_feats = s.encode(partition(x, self.grid).flatten(0, 1))          # 5. location
+        loss_loc = self.location_loss(cube_feats, n_l + n_u)
+        k = cube_feats[0].shape[0] // (n_l + n_u)                             # 6. within-image
+        logits_within = self.assemble_cubes(s, [f[: n_l * k] for f in cube_feats], n_l)
+        loss_sup = (self.supervised_ce(logits[:n_l], labels) + self.dice(logits[:n_l].softmax(1), labels)
+                    + self.dice(logits_mix[:n_l].softmax(1), labels)
+                    + self.dice(logits_within.softmax(1), labels)) / 4
+        with torch.no_grad():                                                 # 7. blending
+            pseudo_mix, blended = self.blended_pseudo_labels(teacher_logits, [f.detach() for f in cube_feats], n_l, step)
+            self.class_logger.update(pseudo_mix, step)
+        loss_cons = self.dice(logits_mix[n_l:].softmax(1), pseudo_mix)       # 8. consistency
+        weight = self.consistency_weight(step)
+        loss = loss_sup + c.location_weight * loss_loc + weight * loss_cons
+        logs = {"loss_sup": loss_sup.item(), "loss_loc": loss_loc.item(), "loss_cons": loss_cons.item(),
+                "cons_weight": weight, "loss_con": 0.0}
+        if self.contrast_active(step):                                        # 9. contrast
+            loss_con = self.contrastive_loss(step, labels, teacher_logits, pseudo_mix, blended,
+                                             s.project(feats), [unmix(e, perms, self.grid) for e in s.project(mixed_feats)],
+                                             self.assemble_volumes(s.project(cube_feats), n_l + n_u))
+            loss = loss + c.contrast_weight * loss_con
+            logs["loss_con"] = loss_con.item()
+        self.optimizers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[0].step()
+        ema_update(self.teacher, s, step, c.ema_decay)
+        return {"loss": loss.item(), **logs}
+
+    def contrastive_loss(self, step: int, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                         pseudo_mix: torch.Tensor, blended: torch.Tensor | None,
+                         original: list[torch.Tensor], cross: list[torch.Tensor], cubes: list[torch.Tensor]
+                         ) -> torch.Tensor:
+        """Sum over x3, x4, x5 of the supervised contrastive loss over sampled voxels of the 12 views
+        and the class-labelled text anchors (spec 4.1 step 9)."""
+        from tak.contrast import downsample_labels, entropy, sample_voxels, supervised_contrastive
+        with torch.no_grad():
+            threshold = self.entropy_threshold(step)
+            probs = teacher_logits.softmax(1)
+            pseudo = probs.argmax(1).masked_fill(entropy(probs) > threshold, -1)
+            mix_probs = blended.softmax(1) if blended is not None else probs
+            pseudo_mix = pseudo_mix.masked_fill(entropy(mix_probs) > threshold, -1)
+            view_labels = torch.cat([labels, pseudo, labels, pseudo, labels, pseudo_mix])  # same order as views
+        texts = self.student.text_anchors()
+        text_labels = torch.arange(self.num_classes, device=labels.device).repeat(2)
+        total = labels.new_zeros((), dtype=torch.float32)
+        for scale, (o, m, q, text) in enumerate(zip(original, cross, cubes, texts)):
+            views = torch.cat([o, m, q])
+            grid_labels = downsample_labels(view_labels, tuple(views.shape[2:]))
+            voxels, voxel_labels = sample_voxels(views, grid_labels, max(1, self.config.samples_per_class >> scale))
+            total = total + supervised_contrastive(torch.cat([voxels, text]), torch.cat([voxel_labels, text_labels]),
+                                                   self.config.temperature)
+        return total

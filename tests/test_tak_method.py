@@ -1,0 +1,137 @@
+"""TAK's network and losses: the dynamic head against an explicit per-class loop, the contrastive loss
+on a hand-built case, gradients to the controller and text projections, schedules and Table 6 params."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods import Batch, get_method
+from methods.common.vnet import VNet, count_parameters
+from tak.contrast import downsample_labels, sample_voxels, supervised_contrastive
+from tak.model import TAKNetwork, dynamic_head, dynamic_head_param_count
+
+CLASSES = ["background", "spleen", "right_kidney", "left_kidney"]
+
+
+def test_dynamic_head_equals_explicit_per_class_convolutions() -> None:
+    torch.manual_seed(0)
+    h = torch.randn(2, 8, 3, 4, 5)
+    params = torch.randn(2, 3, dynamic_head_param_count())
+    out = dynamic_head(h, params)
+    for b in range(2):
+        for c in range(3):
+            p = params[b, c]
+            w1, w2, w3 = p[:64].view(8, 8, 1, 1, 1), p[64:128].view(8, 8, 1, 1, 1), p[128:136].view(1, 8, 1, 1, 1)
+            b1, b2, b3 = p[136:144], p[144:152], p[152:153]
+            y = F.relu(F.conv3d(h[b:b + 1], w1, b1))
+            y = F.relu(F.conv3d(y, w2, b2))
+            y = F.conv3d(y, w3, b3)
+            torch.testing.assert_close(out[b, c], y[0, 0], rtol=1e-5, atol=1e-5)
+    assert dynamic_head_param_count() == 153
+
+
+def test_supervised_contrastive_by_hand() -> None:
+    anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    tau = 0.5
+    a = F.normalize(anchors, dim=1)
+    s = a @ a.T / tau
+    s = s - s.max(1, keepdim=True).values
+    expected = []
+    for i in range(3):
+        pos = [j for j in range(3) if j != i and labels[j] == labels[i]]
+        neg = [j for j in range(3) if labels[j] != labels[i]]
+        terms = [float(s[i, j]) - math.log(math.exp(s[i, j]) + sum(math.exp(s[i, k]) for k in neg)) for j in pos]
+        expected.append(-sum(terms) / (len(pos) + 1e-5) if pos else 0.0)
+    assert supervised_contrastive(anchors, labels, tau).item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_sampling_respects_ignore_label_and_cap() -> None:
+    torch.manual_seed(0)
+    emb = torch.randn(2, 5, 2, 2, 2)
+    labels = torch.tensor([[0] * 6 + [1, -1], [-1] * 8]).view(2, 2, 2, 2)
+    feats, classes = sample_voxels(emb, labels, per_class=4)
+    assert classes.tolist().count(0) == 4 and classes.tolist().count(1) == 1 and len(classes) == 5
+    flat = emb[0].flatten(1).T
+    assert all(any(torch.equal(f, row) for row in flat[:7]) for f in feats)  # never the ignored voxel
+    assert downsample_labels(torch.arange(8).view(1, 2, 2, 2), (1, 1, 1)).item() == 0
+
+
+def _tak(**overrides: object):
+    cls = get_method("tak")
+    torch.manual_seed(0)
+    config = cls.Config(base_filters=4, cube_grid=(2, 2, 1), location_hidden=32, **overrides)
+    return cls(config, 4, max_iterations=20, patch=(32, 32, 32), class_names=CLASSES)
+
+
+def _batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.rand(2, 1, 32, 32, 32, generator=g), torch.randint(0, 4, (2, 32, 32, 32), generator=g),
+                 torch.rand(2, 1, 32, 32, 32, generator=g))
+
+
+def test_gradients_reach_controller_and_text_projections_once_contrast_starts() -> None:
+    method = _tak(contrast_start_epoch=0)
+    assert method.contrast_active(5) and not _tak().contrast_active(2)
+    captured = {}
+    original_step = method.optimizers[0].step
+
+    def capture() -> None:
+        head = method.student.text_head
+        captured["controller"] = head.controller.weight.grad.abs().sum().item()
+        captured["text_x3"] = head.text_proj[0][0].weight.grad.abs().sum().item()  # only the contrast uses T64
+        captured["projection"] = method.student.projections[0][0].weight.grad.abs().sum().item()
+        original_step()
+
+    method.optimizers[0].step = capture
+    logs = method.train_step(_batch(), step=5)
+    assert logs["loss_con"] > 0
+    assert captured["controller"] > 0 and captured["text_x3"] > 0 and captured["projection"] > 0
+
+
+def test_no_contrast_switches_the_term_off() -> None:
+    for overrides in ({"contrast": False}, {"samples_per_class": 0}):
+        method = _tak(contrast_start_epoch=0, **overrides)
+        assert method.train_step(_batch(), step=5)["loss_con"] == 0.0
+
+
+def test_text_is_a_fixed_buffer_of_both_prompt_rows() -> None:
+    method = _tak(prompt_mode="position+shape")
+    text = method.student.text
+    assert text.shape[:2] == (2, 4) and not text.requires_grad
+    assert "text" not in dict(method.student.named_parameters())
+    assert not torch.allclose(text[0], text[1])  # positions and shapes differ
+    same = _tak(prompt_mode="name").student.text
+    torch.testing.assert_close(same[0], same[1])  # the name prompt fills both rows
+    tags = method.run_tags()
+    assert tags["prompt_mode"] == "position+shape" and tags["text_encoder"] == "minilm" and tags["knowledge"]
+
+
+def test_schedules_follow_the_reference_epochs() -> None:
+    method = _tak()  # 20 iterations stand for 161 epochs
+    assert method.reference_epoch(20) == pytest.approx(161)
+    assert not method.contrast_active(2) and method.contrast_active(3)  # epoch 16.1 vs 24.15 > 20
+    assert method.entropy_threshold(0) == pytest.approx(math.log(2) * (0.75 + 0.25 * math.exp(-5)), rel=1e-6)
+    assert method.entropy_threshold(20) == pytest.approx(math.log(2))
+    assert method.consistency_weight(20) == pytest.approx(0.1)
+
+
+def test_paper_profile_parameters_match_the_published_18_5_m() -> None:
+    """Student with text head, projections and location head, nf 16, 96^3, 16 AMOS classes."""
+    from benchmarks.data import load_dataset
+    from benchmarks.data.sources import DATASETS_DIR
+    info = load_dataset(DATASETS_DIR / "amos")
+    cls = get_method("tak")
+    method = cls(cls.Config(), info.num_classes, 1, device="meta", class_names=info.class_names)
+    trained = sum(p.numel() for p in method.student.parameters() if p.requires_grad) / 1e6
+    assert trained == pytest.approx(18.5, rel=0.02)
+    assert count_parameters(method.student.location_head) / 1e6 == pytest.approx(8.51, abs=0.01)
+
+
+def test_network_accepts_any_text_width() -> None:
+    for width in (384, 512):
+        net = TAKNetwork(VNet(1, 3, 4, "instance"), torch.randn(2, 3, width), torch.nn.Identity())
+        assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
