@@ -28,6 +28,7 @@ Where this does not follow the reference, and why:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +43,27 @@ from methods.common.magicnet_parts import ClassDistributionLogger, LocationHead,
 from methods.common.ramps import sigmoid_rampup
 from methods.common.vnet import VNet
 from methods.registry import register
+
+
+@dataclass
+class MagicForward:
+    """What one iteration's forward passes produced (the loss so far, and what TAK's extra terms need).
+
+    ``feats``/``mixed_feats``/``cube_feats``: encoder features of the batch, of the cross-image mixed
+    batch (permutation ``perms``) and of every sample's cubes; ``pseudo``: the unlabeled samples'
+    (blended) pseudo-labels and ``blended`` their blended logits (None before blending starts).
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    labels: torch.Tensor
+    feats: list[torch.Tensor]
+    mixed_feats: list[torch.Tensor]
+    perms: torch.Tensor
+    cube_feats: list[torch.Tensor]
+    teacher_logits: torch.Tensor
+    pseudo: torch.Tensor
+    blended: torch.Tensor | None
 
 
 class MagicModel(nn.Module):
@@ -130,10 +152,10 @@ class MagicNet(Method):
                              f"the location head was built for")
 
     def recovered_logits(self, mixed_feats: list[torch.Tensor], mixed_x9: torch.Tensor,
-                         perms: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Cross-image recovery: MagicNet un-permutes only the decoder feature."""
+                         perms: torch.Tensor) -> torch.Tensor:
+        """Cross-image recovery: MagicNet un-permutes only the decoder feature (TAK also x3..x5)."""
         feats = [unmix(f, perms, self.grid) for f in mixed_feats[2:]] if self.recovers_encoder_features else None
-        return self.student.head(feats, unmix(mixed_x9, perms, self.grid)), feats
+        return self.student.head(feats, unmix(mixed_x9, perms, self.grid))
 
     def location_loss(self, cube_feats: list[torch.Tensor], batch_size: int) -> torch.Tensor:
         """Mean over samples of the 27-way (``K``-way) CE of each sample's cubes, one head call per
@@ -169,39 +191,52 @@ class MagicNet(Method):
         return blended.argmax(1), blended
 
     # -- one iteration ------------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def forward_losses(self, batch: Batch, step: int) -> MagicForward:
+        """Steps 1-8: every forward pass and the MagicNet losses (supervised, location, consistency)."""
         c, s = self.config, self.student
         n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
         x, labels = torch.cat([batch.image_l, batch.image_u]), batch.label_l
         self.check_patch(tuple(x.shape[2:]))
         s.train()
         self.teacher.train()
-        feats = s.encode(x)
+        feats = s.encode(x)                                                   # 1. student
         logits = s.head(feats, s.decode(feats))
-        mixed, perms = mix_across_batch(x, self.grid)
+        mixed, perms = mix_across_batch(x, self.grid)                         # 2. cross-image
         mixed_feats = s.encode(mixed)
-        logits_mix, _ = self.recovered_logits(mixed_feats, s.decode(mixed_feats), perms)
-        with torch.no_grad():
+        logits_mix = self.recovered_logits(mixed_feats, s.decode(mixed_feats), perms)
+        with torch.no_grad():                                                 # 3. teacher
             teacher_logits = self.teacher(self.noisy(batch.image_u))
-        cube_feats = s.encode(partition(x, self.grid).flatten(0, 1))
+        cube_feats = s.encode(partition(x, self.grid).flatten(0, 1))          # 4. within-image
         loss_loc = self.location_loss(cube_feats, n_l + n_u)
         k = cube_feats[0].shape[0] // (n_l + n_u)
         logits_within = self.assemble_cubes(s, [f[: n_l * k] for f in cube_feats], n_l)
         loss_sup = (self.supervised_ce(logits[:n_l], labels) + self.dice(logits[:n_l].softmax(1), labels)
-                    + self.dice(logits_mix[:n_l].softmax(1), labels)
+                    + self.dice(logits_mix[:n_l].softmax(1), labels)              # 5. supervised
                     + self.dice(logits_within.softmax(1), labels)) / 4
-        with torch.no_grad():
-            pseudo, _ = self.blended_pseudo_labels(teacher_logits, [f.detach() for f in cube_feats], n_l, step)
+        with torch.no_grad():                                                 # 6. blending
+            pseudo, blended = self.blended_pseudo_labels(teacher_logits, [f.detach() for f in cube_feats], n_l, step)
             self.class_logger.update(pseudo, step)
-        loss_cons = self.dice(logits_mix[n_l:].softmax(1), pseudo)
+        loss_cons = self.dice(logits_mix[n_l:].softmax(1), pseudo)            # 7. consistency
         weight = self.consistency_weight(step)
         loss = loss_sup + c.location_weight * loss_loc + weight * loss_cons
+        logs = {"loss_sup": loss_sup.item(), "loss_loc": loss_loc.item(), "loss_cons": loss_cons.item(),
+                "cons_weight": weight}
+        return MagicForward(loss, logs, labels, feats, mixed_feats, perms, cube_feats, teacher_logits, pseudo,
+                            blended)
+
+    def extra_losses(self, forward: MagicForward, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Terms a subclass adds on top of MagicNet's (TAK: the contrastive alignment)."""
+        return forward.loss.new_zeros(()), {}
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        forward = self.forward_losses(batch, step)
+        extra, extra_logs = self.extra_losses(forward, step)
+        loss = forward.loss + extra
         self.optimizers[0].zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers[0].step()
-        ema_update(self.teacher, s, step, c.ema_decay)
-        return {"loss": loss.item(), "loss_sup": loss_sup.item(), "loss_loc": loss_loc.item(),
-                "loss_cons": loss_cons.item(), "cons_weight": weight}
+        ema_update(self.teacher, self.student, step, self.config.ema_decay)
+        return {"loss": loss.item(), **forward.logs, **extra_logs}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

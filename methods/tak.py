@@ -26,17 +26,16 @@ Where this does not follow the reference, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from benchmarks.errors import ConfigError
-from methods.base import Batch
-from methods.common.ema import ema_update
 from methods.common.ga_losses import ga_ce, ga_dice
-from methods.common.magic_cube import assemble, mix_across_batch, partition, unmix
+from methods.common.magic_cube import assemble, unmix
 from methods.common.magicnet_parts import MagicCubeConfig
 from methods.common.ramps import sigmoid_rampup
-from methods.magicnet import MagicNet
+from methods.magicnet import MagicForward, MagicNet
 from methods.registry import register
 
 
@@ -74,6 +73,7 @@ class TAK(MagicNet):
     Config = TAKConfig
     config: TAKConfig
     unsupervised_weight_field = "consistency"
+    recovers_encoder_features = True  # the head's global image code needs the recovered x3..x5
 
     def build(self) -> None:
         if self.config.reference_ramp:
@@ -156,48 +156,16 @@ class TAK(MagicNet):
         logits = self.teacher.head(unlabeled, self.teacher.decode(unlabeled), self.student.class_codes())
         return self.assemble_volumes([logits], n_u)[0]
 
-    # -- one iteration ------------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        c, s = self.config, self.student
-        n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
-        x, labels = torch.cat([batch.image_l, batch.image_u]), batch.label_l
-        self.check_patch(tuple(x.shape[2:]))
-        s.train()
-        self.teacher.train()
-        feats = s.encode(x)                                                   # 1. student
-        logits = s.head(feats, s.decode(feats))
-        mixed, perms = mix_across_batch(x, self.grid)                         # 2. cross-image
-        mixed_feats = s.encode(mixed)
-        recovered = [unmix(f, perms, self.grid) for f in mixed_feats[-3:]]
-        logits_mix = s.head(recovered, unmix(s.decode(mixed_feats), perms, self.grid))
-        with torch.no_grad():                                                 # 3. teacher
-            teacher_logits = self.teacher(self.noisy(batch.image_u))
-        cube_feats = s.encode(partition(x, self.grid).flatten(0, 1))          # 5. location
-        loss_loc = self.location_loss(cube_feats, n_l + n_u)
-        k = cube_feats[0].shape[0] // (n_l + n_u)                             # 6. within-image
-        logits_within = self.assemble_cubes(s, [f[: n_l * k] for f in cube_feats], n_l)
-        loss_sup = (self.supervised_ce(logits[:n_l], labels) + self.dice(logits[:n_l].softmax(1), labels)
-                    + self.dice(logits_mix[:n_l].softmax(1), labels)
-                    + self.dice(logits_within.softmax(1), labels)) / 4
-        with torch.no_grad():                                                 # 7. blending
-            pseudo_mix, blended = self.blended_pseudo_labels(teacher_logits, [f.detach() for f in cube_feats], n_l, step)
-            self.class_logger.update(pseudo_mix, step)
-        loss_cons = self.dice(logits_mix[n_l:].softmax(1), pseudo_mix)       # 8. consistency
-        weight = self.consistency_weight(step)
-        loss = loss_sup + c.location_weight * loss_loc + weight * loss_cons
-        logs = {"loss_sup": loss_sup.item(), "loss_loc": loss_loc.item(), "loss_cons": loss_cons.item(),
-                "cons_weight": weight, "loss_con": 0.0}
-        if self.contrast_active(step):                                        # 9. contrast
-            loss_con = self.contrastive_loss(step, labels, teacher_logits, pseudo_mix, blended,
-                                             s.project(feats), [unmix(e, perms, self.grid) for e in s.project(mixed_feats)],
-                                             self.assemble_volumes(s.project(cube_feats), n_l + n_u))
-            loss = loss + c.contrast_weight * loss_con
-            logs["loss_con"] = loss_con.item()
-        self.optimizers[0].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers[0].step()
-        ema_update(self.teacher, s, step, c.ema_decay)
-        return {"loss": loss.item(), **logs}
+    # -- step 9: the contrastive alignment on top of GA-MagicNet's losses ----------------------
+    def extra_losses(self, forward: MagicForward, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if not self.contrast_active(step):
+            return forward.loss.new_zeros(()), {"loss_con": 0.0}
+        s, n = self.student, forward.labels.shape[0] + forward.teacher_logits.shape[0]
+        loss = self.contrastive_loss(step, forward.labels, forward.teacher_logits, forward.pseudo, forward.blended,
+                                     s.project(forward.feats),
+                                     [unmix(e, forward.perms, self.grid) for e in s.project(forward.mixed_feats)],
+                                     self.assemble_volumes(s.project(forward.cube_feats), n))
+        return self.config.contrast_weight * loss, {"loss_con": loss.item()}
 
     def contrastive_loss(self, step: int, labels: torch.Tensor, teacher_logits: torch.Tensor,
                          pseudo_mix: torch.Tensor, blended: torch.Tensor | None,
