@@ -5,35 +5,47 @@ inference of one 64x64x48 case, and the ``dhc`` metrics of one case.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from benchmarks.config import load_profile
+from benchmarks.data import load_dataset
+from benchmarks.data.sources import DATASETS_DIR
 from benchmarks.data.synthetic import SyntheticAbdomen
 from benchmarks.inference import sliding_window_probs
 from benchmarks.metrics import PROTOCOLS, evaluate_case
 from methods import Batch, get_method
 
 PROFILE = load_profile("cpu")
+AMOS = load_dataset(DATASETS_DIR / "amos")
 
 
-@pytest.mark.parametrize("name", ["supervised", "mean_teacher"])
-def test_train_step(benchmark, name: str) -> None:
-    torch.manual_seed(0)
+def cpu_method(name: str):
+    """``name`` configured as under the ``cpu`` profile (the profile overrides it has)."""
     cls = get_method(name)
-    method = cls(cls.Config(**PROFILE.method_overrides), 16, max_iterations=100)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    config = cls.Config(**{k: v for k, v in PROFILE.method_overrides.items() if k in fields})
+    return cls(config, AMOS.num_classes, max_iterations=100, patch=PROFILE.patch, class_names=AMOS.class_names)
+
+
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher", "dhc", "magicnet", "ga", "tak"])
+def test_train_step(benchmark, name: str) -> None:
+    """One training iteration at the ``cpu`` profile (TAK at an iteration where its contrast is on)."""
+    torch.manual_seed(0)
+    method = cpu_method(name)
     batch = Batch(torch.rand(2, 1, *PROFILE.patch), torch.randint(0, 16, (2, *PROFILE.patch)),
                   torch.rand(2, 1, *PROFILE.patch))
     benchmark.extra_info["patch"] = list(PROFILE.patch)
-    logs = benchmark.pedantic(method.train_step, args=(batch, 1), rounds=5, warmup_rounds=1, iterations=1)
+    logs = benchmark.pedantic(method.train_step, args=(batch, 60), rounds=5, warmup_rounds=1, iterations=1)
     assert np.isfinite(logs["loss"])
 
 
 def test_sliding_window_case(benchmark) -> None:
     torch.manual_seed(0)
-    cls = get_method("supervised")
-    method = cls(cls.Config(**PROFILE.method_overrides), 16, max_iterations=100)
+    method = cpu_method("supervised")
     image = torch.rand(1, 1, *PROFILE.cohort_shape)
     probs = benchmark.pedantic(sliding_window_probs, args=(image, method.predict, PROFILE.patch, PROFILE.eval_stride),
                                rounds=3, warmup_rounds=1, iterations=1)
