@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.errors import ConfigError
 from methods.base import Batch, Method
 from methods.common.ema import ema_update, make_teacher
 from methods.common.ga_losses import magic_dice
@@ -142,13 +143,13 @@ class MagicNet(Method):
         """A clear error when the patch cannot hold the cube grid (or differs from the built one)."""
         cube = [sz // g for sz, g in zip(shape, self.grid)]
         if any(sz % g for sz, g in zip(shape, self.grid)) or any(c % 16 for c in cube):
-            raise ValueError(f"{self.name}: patch {list(shape)} with cube_grid {list(self.grid)} gives cubes "
+            raise ConfigError(f"{self.name}: patch {list(shape)} with cube_grid {list(self.grid)} gives cubes "
                              f"{cube}; every cube dimension must be a multiple of 16")
         if self.config.norm == "instance" and max(cube) < 32:
-            raise ValueError(f"{self.name}: cubes {cube} (patch {list(shape)}, cube_grid {list(self.grid)}) reach "
+            raise ConfigError(f"{self.name}: cubes {cube} (patch {list(shape)}, cube_grid {list(self.grid)}) reach "
                              f"a 1x1x1 bottleneck that InstanceNorm cannot normalise; one cube dimension must be >= 32")
         if tuple(shape) != tuple(self.patch):
-            raise ValueError(f"{self.name}: batch patch {list(shape)} differs from the patch {list(self.patch)} "
+            raise ConfigError(f"{self.name}: batch patch {list(shape)} differs from the patch {list(self.patch)} "
                              f"the location head was built for")
 
     def recovered_logits(self, mixed_feats: list[torch.Tensor], mixed_x9: torch.Tensor,

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.errors import ConfigError
 from methods import get_method
 from methods.common.ga_losses import ga_ce, ga_dice, magic_dice
 from methods.common.magicnet_parts import ClassDistributionLogger
@@ -91,7 +92,7 @@ def test_location_head_is_sized_from_patch_and_grid() -> None:
 @pytest.mark.parametrize(("grid", "message"), [((3, 3, 3), "multiple of 16"), ((2, 2, 2), "InstanceNorm")])
 def test_patch_that_cannot_hold_the_cubes_is_refused(grid: tuple[int, int, int], message: str) -> None:
     cls = get_method("magicnet")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         cls(cls.Config(base_filters=4, cube_grid=grid), 3, 10, patch=(32, 32, 32))
 
 
