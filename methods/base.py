@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from methods.common.config_types import check_fields
 from methods.common.vnet import Norm, VNet
 
 Group = Literal["lower-bound", "general", "imbalance", "fully"]
@@ -68,9 +69,15 @@ class Method(abc.ABC):
             fully supervised upper bound).
         unsupervised_weight_field: name of the config field that weights the unlabeled-data loss
             (the conformance tests zero it to check that the term sends a gradient).
+        version: the behaviour version, part of every run key. Bump it in the method's module
+            whenever a change alters what the method computes (a fixed bug, a new default): runs of
+            the old behaviour are then trained again instead of being reused. ``tests/golden/``
+            holds each method's numeric fingerprint per version, and a test fails when the numbers
+            change while the version does not.
     """
 
     name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
     title: ClassVar[str] = ""  # display name in tables, e.g. "Mean Teacher"
     group: ClassVar[Group] = "general"
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -187,10 +194,7 @@ class Method(abc.ABC):
 
     @classmethod
     def resolve_config(cls, overrides: dict[str, Any], source: str = "config") -> MethodConfig:
-        """``Config`` with ``overrides`` applied; an unknown key raises naming it and ``source``."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise KeyError(f"{source}: unknown key(s) {unknown} for method {cls.name!r}; "
-                           f"known: {sorted(fields)}")
-        return cls.Config(**overrides)
+        """``Config`` with ``overrides`` applied; an unknown key or a value of the wrong type raises a
+        :class:`~methods.common.errors.ConfigError` naming ``source``, the key and what it expects."""
+        checked = check_fields(cls.Config, overrides, source)
+        return cls.Config(**checked)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.config import PROJECT_ROOT, load_profile
-from benchmarks.errors import OrganbenchError
+from methods.common.errors import OrganbenchError
 
 REALDATA_DIR = PROJECT_ROOT.parent / "shared" / "realdata"
 DEFAULT_REAL = {"amos": "ts_example_ct_label_amos15.nii.gz", "synapse": "ts_example_ct_label_btcv13.nii.gz"}
@@ -140,7 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tak.llm import ChatClient
     client = ChatClient(base_url=args.base_url, model=args.model, timeout_s=args.timeout)
     if Path(args.out).exists():  # fail before any LLM call
-        from benchmarks.errors import ConfigError
+        from methods.common.errors import ConfigError
         raise ConfigError(f"{args.out}: refusing to overwrite an existing file; choose a new --out path")
     name, maps, spacings, index = _dataset_labels(args, all_cases=False)
     class_names = sorted(index, key=index.__getitem__)

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from benchmarks.errors import ConfigError
+from methods.common.errors import ConfigError
 from tak.cache import REPO_ROOT, EmbeddingCache, batch_key
 
 ENCODERS: tuple[str, ...] = ("minilm", "biomedclip", "clip", "pmc-clip", "unimed-clip")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from benchmarks.errors import ConfigError
+from methods.common.errors import ConfigError
 from tak.knowledge import (BINARY_RELATIONS, KNOWLEDGE_DIR, RELATIONS, SIZE_RELATIONS, SPATIAL_RELATIONS,
                            UNARY_SHAPE_RELATIONS, Claim, KnowledgeBase, display_name, parse_knowledge)
 from tak.llm import ChatClient, LLMError

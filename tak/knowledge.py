@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from benchmarks.errors import ConfigError
+from methods.common.errors import ConfigError
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 

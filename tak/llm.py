@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Mapping, Sequence
 
-from benchmarks.errors import ConfigError, OrganbenchError
+from methods.common.errors import ConfigError, OrganbenchError
 
 log = logging.getLogger(__name__)
 

@@ -218,7 +218,7 @@ def validate_claims(claims: Sequence[Claim], label_maps: Sequence[np.ndarray], s
     """Measure every claim on every label map (LPS arrays, spacing in mm) and aggregate.
 
     ``label_index`` maps class names to label ids. Claims naming organs outside it raise
-    :class:`benchmarks.errors.ConfigError`; an organ absent from a volume excludes that volume.
+    :class:`methods.common.errors.ConfigError`; an organ absent from a volume excludes that volume.
     """
     if len(label_maps) != len(spacings):
         raise ValueError(f"{len(label_maps)} label maps but {len(spacings)} spacings")

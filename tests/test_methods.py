@@ -138,9 +138,14 @@ def test_unknown_method_lists_known_ones() -> None:
     assert "dhcc" in str(info.value) and "mean_teacher" in str(info.value) and "supervised" in str(info.value)
 
 
-def test_unknown_config_key_is_named() -> None:
-    with pytest.raises(KeyError, match="consistancy"):
+def test_unknown_config_key_and_wrong_type_are_named() -> None:
+    from methods.common.errors import ConfigError
+    with pytest.raises(ConfigError, match="study.yaml: unknown key.*consistancy"):
         get_method("mean_teacher").resolve_config({"consistancy": 0.2}, "study.yaml")
+    with pytest.raises(ConfigError, match=r"study.yaml.consistency: expected float, got 'high' \(str\)"):
+        get_method("mean_teacher").resolve_config({"consistency": "high"}, "study.yaml")
+    config = get_method("ga").resolve_config({"consistency": 1, "cube_grid": [2, 2, 1]}, "study.yaml")
+    assert config.consistency == 1.0 and isinstance(config.consistency, float) and config.cube_grid == (2, 2, 1)
 
 
 @pytest.mark.parametrize(("nf", "norm", "classes", "expected"), [
