@@ -1,26 +1,41 @@
 """Sliding-window inference with the reference codes' window grid and uniform averaging (spec 3.1).
 
-The reference loop: per axis ``n = ceil((S - P) / stride) + 1`` windows starting at
-``min(stride * i, S - P)``, softmax of every window summed and divided by the per-voxel count,
-zero padding (centred) when ``S < P``. MONAI's ``sliding_window_inference(mode="constant")`` makes the
-same grid when the per-axis overlap gives ``int(P * (1 - overlap)) == stride``; we pass
-``overlap = 1 - (stride + 0.5) / P`` (0 when ``stride == P``) so float truncation cannot shift
-the interval.
+The reference loop (TAK/GA ``test_single_case``): zero padding (centred) when ``S < P``; per axis
+``n = ceil((S - P) / stride) + 1`` windows starting at ``min(stride * i, S - P)``; the softmax of
+every window summed and divided by the per-voxel window count. :func:`sliding_window_probs` runs
+that grid in batches of windows. ``tests/test_inference.py`` checks it against the loop written out
+and against MONAI's ``sliding_window_inference`` with the overlap of :func:`reference_overlap`,
+which reproduces the same grid. MONAI is not imported here: importing it loads its whole package
+tree (about 11 s per process on the 2-core machine), more than a smoke run's training.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Callable, Sequence
 
 import torch
-from monai.inferers import sliding_window_inference
+import torch.nn.functional as F
 
 
 def reference_overlap(patch: Sequence[int], stride: Sequence[int]) -> list[float]:
-    """Per-axis MONAI overlap that reproduces the reference ``stride`` for window size ``patch``."""
+    """Per-axis MONAI overlap that reproduces the reference ``stride`` for window size ``patch``
+    (``int(P * (1 - overlap)) == stride``; ``stride + 0.5`` so float truncation cannot shift it)."""
     for p, s in zip(patch, stride):
         if not 0 < s <= p:
             raise ValueError(f"stride {tuple(stride)} must be in (0, patch] for patch {tuple(patch)}")
     return [0.0 if s == p else 1.0 - (s + 0.5) / p for p, s in zip(patch, stride)]
+
+
+def window_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Start offsets along one axis of (padded) length ``size``: ``min(stride * i, size - patch)``.
+
+    >>> window_starts(40, 16, 8)
+    [0, 8, 16, 24]
+    >>> window_starts(16, 16, 8)
+    [0]
+    """
+    return [min(stride * i, size - patch) for i in range(math.ceil((size - patch) / stride) + 1)]
 
 
 @torch.no_grad()
@@ -30,10 +45,33 @@ def sliding_window_probs(image: torch.Tensor, predict_logits: Callable[[torch.Te
 
     ``predict_logits`` maps a window batch ``(N, 1, *patch)`` to logits ``(N, C, *patch)``; for
     co-training methods it returns the mean of both networks' logits (the reference does the same).
+    Windows are evaluated ``sw_batch_size`` at a time.
     """
-    return sliding_window_inference(image, list(patch), sw_batch_size, lambda x: predict_logits(x).softmax(1),
-                                    overlap=reference_overlap(patch, stride), mode="constant",
-                                    padding_mode="constant", cval=0.0)
+    reference_overlap(patch, stride)  # validates the stride
+    shape = image.shape[2:]
+    pads = [max(p - s, 0) for s, p in zip(shape, patch)]
+    if any(pads):
+        image = F.pad(image, [v for pad in reversed(pads) for v in (pad // 2, pad - pad // 2)])
+    size = image.shape[2:]
+    grid = list(itertools.product(*(window_starts(s, p, st) for s, p, st in zip(size, patch, stride))))
+    count = torch.zeros(size, device=image.device)
+    for x, y, z in grid:
+        count[x:x + patch[0], y:y + patch[1], z:z + patch[2]] += 1
+    outputs = []
+    for volume in image:
+        total: torch.Tensor | None = None
+        for first in range(0, len(grid), sw_batch_size):
+            chunk = grid[first:first + sw_batch_size]
+            windows = torch.stack([volume[:, x:x + patch[0], y:y + patch[1], z:z + patch[2]] for x, y, z in chunk])
+            probs = predict_logits(windows).softmax(1)
+            if total is None:
+                total = torch.zeros((probs.shape[1], *size), device=image.device, dtype=probs.dtype)
+            for (x, y, z), window_probs in zip(chunk, probs):
+                total[:, x:x + patch[0], y:y + patch[1], z:z + patch[2]] += window_probs
+        outputs.append(total / count)
+    out = torch.stack(outputs)
+    crop = tuple(slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, shape))
+    return out[(..., *crop)]
 
 
 def window_count(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:

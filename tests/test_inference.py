@@ -51,6 +51,26 @@ def test_matches_reference_loop(shape: tuple[int, ...], patch: tuple[int, ...], 
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("shape", "patch", "stride"), [
+    ((40, 37, 29), (16, 16, 16), (8, 8, 4)),
+    ((12, 40, 18), (16, 16, 16), (5, 7, 3)),
+    ((96, 50, 45), (32, 32, 32), (21, 10, 32)),
+])
+def test_matches_monai_with_the_reference_overlap(shape: tuple[int, ...], patch: tuple[int, ...],
+                                                  stride: tuple[int, ...]) -> None:
+    """MONAI's sliding_window_inference, given the overlap that reproduces the reference grid, agrees."""
+    from monai.inferers import sliding_window_inference
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, 3, 3, padding=1))
+    image = torch.rand(2, 1, *shape)  # a batch of two volumes
+    with torch.no_grad():
+        expected = sliding_window_inference(image, list(patch), 4, lambda x: net(x).softmax(1),
+                                            overlap=reference_overlap(patch, stride), mode="constant",
+                                            padding_mode="constant", cval=0.0)
+        actual = sliding_window_probs(image, net, patch, stride, sw_batch_size=3)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_overlap_gives_the_reference_interval() -> None:
     for p, s in [(96, 32), (96, 16), (64, 16), (128, 32), (48, 16), (32, 21)]:
         (overlap,) = reference_overlap([p], [s])
