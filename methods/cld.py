@@ -65,6 +65,7 @@ class ConfidenceBank:
 @register("cld")
 class CLD(TwoNetMethod):
     title = "CLD"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = CLDConfig
     config: CLDConfig

@@ -24,6 +24,7 @@ class CPSConfig(CoTrainingConfig):
 @register("cps")
 class CPS(TwoNetMethod):
     title = "CPS"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "general"
     Config = CPSConfig
 

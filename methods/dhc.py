@@ -33,6 +33,7 @@ class DHCConfig(CoTrainingConfig):
 @register("dhc")
 class DHC(TwoNetMethod):
     title = "DHC"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = DHCConfig
     config: DHCConfig

@@ -19,6 +19,7 @@ class FullyConfig(SupervisedConfig):
 @register("fully")
 class Fully(Supervised):
     title = "V-Net (fully)"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "fully"
     Config = FullyConfig
     label_pool = "all"

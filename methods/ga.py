@@ -39,6 +39,7 @@ class GAConfig(MagicCubeConfig):
 @register("ga")
 class GA(MagicNet):
     title = "GA"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = GAConfig
     config: GAConfig

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.errors import ConfigError
+from methods.common.errors import ConfigError
 from methods.base import Batch, Method
 from methods.common.ema import ema_update, make_teacher
 from methods.common.ga_losses import magic_dice
@@ -96,6 +96,7 @@ class MagicModel(nn.Module):
 @register("magicnet")
 class MagicNet(Method):
     title = "MagicNet"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = MagicCubeConfig
     unsupervised_weight_field = "consistency"

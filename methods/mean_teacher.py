@@ -37,6 +37,7 @@ class MeanTeacherConfig(MethodConfig):
 @register("mean_teacher")
 class MeanTeacher(Method):
     title = "Mean Teacher"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "general"
     unsupervised_weight_field = "consistency"
     Config = MeanTeacherConfig

@@ -24,6 +24,7 @@ class SupervisedConfig(MethodConfig):
 @register("supervised")
 class Supervised(Method):
     title = "V-Net (labeled only)"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "lower-bound"
     Config = SupervisedConfig
     batch_policy = "labeled_only"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmarks.errors import ConfigError
+from methods.common.errors import ConfigError
 from methods.common.ga_losses import ga_ce, ga_dice
 from methods.common.magic_cube import assemble, unmix
 from methods.common.magicnet_parts import MagicCubeConfig
@@ -69,6 +69,7 @@ class TAKConfig(MagicCubeConfig):
 @register("tak")
 class TAK(MagicNet):
     title = "TAK"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = TAKConfig
     config: TAKConfig

@@ -33,6 +33,7 @@ class UAMTConfig(MeanTeacherConfig):
 @register("uamt")
 class UAMT(MeanTeacher):
     title = "UA-MT"
+    version = "1"  # bump when what this method computes changes (part of the run key)
     group = "general"
     Config = UAMTConfig
     config: UAMTConfig

@@ -120,6 +120,7 @@ class TinyGenerator:
     """A 6-case cohort of :func:`_label` maps in the harness layout (for the CLI's ``--data``)."""
 
     name = "tiny"
+    version = "1"
     class_names = CLASSES
     large_organs = ("liver",)
     split_sizes = {"train": 4, "eval": 1, "test": 1}

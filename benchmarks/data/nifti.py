@@ -35,6 +35,8 @@ class DatasetInfo:
     synthetic: bool
     intensity_norm: str = "fixed"
     mri_cases: tuple[str, ...] = ()
+    preprocessing: str = ""  # the ``data prepare`` protocol of a real release ("" when not recorded)
+    generator_version: str = ""  # the synthetic generator's version ("" for real data)
 
     @property
     def num_classes(self) -> int:
@@ -85,7 +87,8 @@ def load_dataset(root: str | Path) -> DatasetInfo:
         if norm not in ("fixed", "minmax"):
             raise DatasetError(f"{path}: intensity_norm must be 'fixed' or 'minmax', got {norm!r}")
         return DatasetInfo(root, meta["name"], names, large, window, bool(meta.get("synthetic", False)), norm,
-                           tuple(meta.get("mri_cases", ())))
+                           tuple(meta.get("mri_cases", ())), str(meta.get("preprocessing", "")),
+                           str(meta.get("generator_version", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{path}: malformed dataset.json ({type(exc).__name__}: {exc})") from exc
 

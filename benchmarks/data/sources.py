@@ -14,8 +14,11 @@ COHORT_SEED = 0
 
 
 def synthetic_root(dataset: str, shape: tuple[int, int, int]) -> Path:
-    """Folder of the generated synthetic cohort for ``dataset`` at ``shape`` (git-ignored)."""
-    return DATASETS_DIR / f"synthetic_{dataset}" / "generated" / f"{'x'.join(map(str, shape))}-seed{COHORT_SEED}"
+    """Folder of the generated synthetic cohort for ``dataset`` at ``shape`` (git-ignored); the
+    generator's version is part of the name, so a changed generator never reuses an old cohort."""
+    version = SYNTHETIC_GENERATORS[dataset].version
+    return (DATASETS_DIR / f"synthetic_{dataset}" / "generated"
+            / f"{'x'.join(map(str, shape))}-seed{COHORT_SEED}-v{version}")
 
 
 def resolve_dataset(dataset: str, profile: Profile, data_dir: str | Path | None = None,

@@ -1,0 +1,54 @@
+"""Behaviour versions: the numbers of a method, the synthetic generator or the harness may change only
+together with their version (which is part of every run key), so old runs are never reused for new
+behaviour. Fingerprints live in tests/golden/numerics.json (tests/golden_numerics.py explains the update)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from golden_numerics import entries, load
+
+GOLDEN = load()
+ENTRIES = entries()
+REL = 2e-3  # far above run-to-run noise on one machine type, far below what a behaviour change moves
+
+
+def _close(a: object, b: object) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=REL, abs_tol=1e-6)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_numbers_change_only_with_the_version(name: str) -> None:
+    if name not in GOLDEN:
+        pytest.fail(f"{name} has no recorded fingerprint: run `.venv/bin/python tests/golden_numerics.py --update`")
+    stored, now = GOLDEN[name], ENTRIES[name]()
+    if stored["version"] != now["version"]:
+        pytest.fail(f"{name}: version {now['version']} has no fingerprint yet (recorded: {stored['version']}); run "
+                    "`.venv/bin/python tests/golden_numerics.py --update` and commit tests/golden/numerics.json")
+    moved = {k: (stored[k], now[k]) for k in now if k != "version" and not _close(stored.get(k), now[k])}
+    assert not moved, (f"{name}: the numbers changed but its version is still {now['version']} -- bump the version "
+                       f"(method class, generator class or benchmarks.HARNESS_VERSION) so that old runs are not "
+                       f"reused, then update the fingerprint. Changed (recorded, now): {moved}")
+
+
+def test_the_guard_notices_a_changed_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changing what a method computes without a version bump moves its fingerprint beyond tolerance."""
+    from methods import get_method
+    cls = get_method("supervised")
+    original = cls.train_step
+
+    def scaled(self, batch, step):  # type: ignore[no-untyped-def]
+        for group in self.optimizers[0].param_groups:
+            group["lr"] *= 1.5  # e.g. a changed default learning rate
+        return original(self, batch, step)
+
+    monkeypatch.setattr(cls, "train_step", scaled)
+    now = ENTRIES["method:supervised"]()
+    assert now["version"] == GOLDEN["method:supervised"]["version"]
+    assert not _close(GOLDEN["method:supervised"]["logits_abs_mean"], now["logits_abs_mean"]) or \
+        not _close(GOLDEN["method:supervised"]["losses"], now["losses"])
