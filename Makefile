@@ -8,7 +8,8 @@ METHODS ?=
 SEEDS ?=
 DATA ?=
 MLFLOW_PORT ?= 5000
-RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA))
+DATA_ARG = $(if $(DATA),--data $(DATA))
+RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG)
 
 .PHONY: setup test bench list-methods clean-reports mlflow mlflow-stop mlflow-status \
 	table1 table2 table3 table4 table6 fig1 fig6 index reports \
@@ -35,13 +36,13 @@ list-methods: setup
 # One target per paper artifact: train what is missing (finished run keys are skipped), then render.
 table1 table2 table3 table4: setup
 	$(PY) -m benchmarks run $@ $(RUN_ARGS)
-	$(PY) -m benchmarks report $@ --profile $(PROFILE)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
 
 # The TAK ablations (Tables 5, 7, 8, 9): variants of `tak`, rendered beside the published values.
 ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder: setup
 	$(PY) -m benchmarks run $@ $(RUN_ARGS)
-	$(PY) -m benchmarks report $@ --profile $(PROFILE)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
 
 # Costs are counted under the paper profile unless PROFILE= is given (no data, no training, no GPU).
@@ -53,11 +54,11 @@ table6: setup
 
 fig1: table2
 	$(PY) -m benchmarks data stats amos --profile $(PROFILE)
-	$(PY) -m benchmarks figure fig1 --study table2 --profile $(PROFILE)
+	$(PY) -m benchmarks figure fig1 --study table2 --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
 
 fig6: table2
-	$(PY) -m benchmarks figure fig6 --study table2 --profile $(PROFILE)
+	$(PY) -m benchmarks figure fig6 --study table2 --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
 
 index: setup
@@ -69,7 +70,7 @@ reports: table1 table2 table3 table4 table6 fig1 fig6 ablation-prompt ablation-l
 clean-reports:
 	rm -rf reports/out
 
-mlflow: setup  ## start a real MLflow server on 127.0.0.1:$(MLFLOW_PORT) (SQLite store under mlruns/)
+mlflow: setup  ## a real MLflow server on 127.0.0.1:$(MLFLOW_PORT) serving the embedded store mlruns/mlflow.db
 	$(PY) -m mlflow_server start --port $(MLFLOW_PORT)
 
 mlflow-stop: setup

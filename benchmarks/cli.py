@@ -6,17 +6,32 @@ import sys
 from pathlib import Path
 
 from benchmarks.config import PROJECT_ROOT, load_profile, load_study
-from benchmarks.errors import OrganbenchError
+from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
+from benchmarks.interrupt import Interrupted
 from methods.registry import UnknownMethodError
 from reports.queries import NoRunsError
 
 REPORT_TABLES = {"table1": 1, "table2": 2, "table3": 3, "table4": 4}
 
 
-def _csv(value: str | None, cast: type = str) -> list | None:
+def _csv(value: str | None) -> list[str] | None:
+    """``"a,b,a"`` -> ``["a", "b"]`` (order kept, repeats dropped); None or blank -> None."""
     if value is None or value.strip() == "":
         return None
-    return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    return list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    """``--seeds`` as distinct non-negative integers; anything else is a ConfigError naming the flag."""
+    items = _csv(value)
+    if items is None:
+        return None
+    seeds = []
+    for item in items:
+        if not item.isdigit():
+            raise ConfigError(f"--seeds: {item!r} is not a non-negative integer (expected e.g. --seeds 0,1,2)")
+        seeds.append(int(item))
+    return list(dict.fromkeys(seeds))
 
 
 def cmd_list_methods(args: argparse.Namespace) -> int:
@@ -34,28 +49,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         from benchmarks.cost_study import run_cost_study
         run_cost_study(study, profile, _csv(args.methods))
         return 0
-    runner = StudyRunner(study, profile, _csv(args.methods), _csv(args.seeds, int), args.data,
-                         progress=not args.no_progress)
+    runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
+                         progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir,
+                         keep_checkpoints=args.keep_checkpoints, wait=args.wait)
     results = runner.run()
-    trained = sum(not r["skipped"] for r in results)
-    print(f"{study.study} [{profile.name}]: {trained} run(s) trained, {len(results) - trained} already finished")
+    counts = {status: sum(r["status"] == status for r in results) for status in ("trained", "finished", "busy")}
+    line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
+            f"finished")
+    if counts["busy"]:
+        line += f", {counts['busy']} running elsewhere (not trained here)"
+    print(line)
     return 0
+
+
+def study_cells(study, profile, data_dir: str | None = None) -> list[dict[str, object]]:
+    """The study's own cells under ``profile`` (method, seed, run key): what its tables show."""
+    if study.kind == "cost":
+        from benchmarks.cost_study import cost_cells
+        return [{k: c[k] for k in ("method", "seed", "run_key")} for c in cost_cells(study, profile)]
+    from benchmarks.plan import StudyPlan
+    try:
+        plan = StudyPlan(study, profile, data_dir=data_dir, progress=False)
+    except DatasetError as exc:
+        raise DatasetError(f"cannot resolve the cells of study {study.study!r} without its data ({exc}); pass "
+                           "--data with the folder the runs used") from None
+    return [{"method": c.method, "seed": str(c.seed), "run_key": c.run_key} for c in plan.study_cells()]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.tracking import setup_tracking
     from reports.tables import render_dice_tables
-    study = load_study(args.study)
+    study, profile = load_study(args.study), load_profile(args.profile)
+    cells = study_cells(study, profile, args.data)
     setup_tracking()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study
     if study.kind == "cost":
         from reports.cost import render_cost_table
-        paths = render_cost_table(study.study, args.profile, out, study.title)
+        paths = render_cost_table(study.study, args.profile, out, study.title, cells=cells)
     elif study.variants:
         from reports.ablation import render_ablation
-        paths = render_ablation(study, args.profile, out)
+        paths = render_ablation(study, args.profile, out, cells=cells)
     else:
-        paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title)
+        paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title,
+                                   cells=cells)
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -64,10 +100,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_figure(args: argparse.Namespace) -> int:
     from benchmarks.tracking import setup_tracking
     from reports.figures import render_fig1, render_fig6
+    cells = study_cells(load_study(args.study), load_profile(args.profile), args.data)
     setup_tracking()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / args.name
     render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
-    print(f"wrote {render(args.study, args.profile, out)}")
+    print(f"wrote {render(args.study, args.profile, out, cells=cells)}")
     return 0
 
 
@@ -181,17 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated seeds (default: the study's for the profile)")
     run.add_argument("--data", help="a prepared dataset folder (overrides the profile's data)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--checkpoint-dir", help="training checkpoints (default $ORGANBENCH_CHECKPOINT_DIR or "
+                     "checkpoints/); must be reachable from every worker that may resume a cell")
+    run.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs")
+    run.add_argument("--wait", action="store_true", help="wait for cells another launcher is training "
+                     "(and take them over if it dies) instead of skipping them")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="render a study's tables from MLflow")
     report.add_argument("study")
     report.add_argument("--profile", default="cpu")
     report.add_argument("--out", help="output folder (default reports/out/STUDY)")
+    report.add_argument("--data", help="the prepared dataset folder the runs used (as for run)")
     report.set_defaults(func=cmd_report)
     figure = sub.add_parser("figure", help="render fig1 (organ size vs shape) or fig6 (Dice vs FLOPs)")
     figure.add_argument("name", choices=["fig1", "fig6"])
     figure.add_argument("--study", default="table2", help="the study whose runs the figure uses")
     figure.add_argument("--profile", default="cpu")
     figure.add_argument("--out")
+    figure.add_argument("--data", help="the prepared dataset folder the runs used (as for run)")
     figure.set_defaults(func=cmd_figure)
     sub.add_parser("index", help="write reports/out/index.html").set_defaults(func=cmd_index)
     data = sub.add_parser("data", help="dataset utilities")
@@ -230,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OrganbenchError, UnknownMethodError, NoRunsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted by {exc.name}{exc.detail}: the run and its launch are marked KILLED; run the same "
+              "command again to resume", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from benchmarks.errors import ConfigError
+from methods.common.config_types import check_value, field_types
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -35,6 +36,7 @@ class Profile:
     max_test_cases: int | None
     log_every: int
     device: str
+    checkpoint_every: int = 0  # iterations between training checkpoints (0: none); not part of the run key
 
 
 @dataclass(frozen=True)
@@ -76,19 +78,19 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _build(cls: type, raw: Any, source: str, extra: dict[str, Any]) -> Any:
+    """``cls(**raw, **extra)`` after checking keys (unknown / missing) and every value's type."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)} - set(extra)
-    unknown = sorted(set(raw) - names)
+    types_ = {k: v for k, v in field_types(cls).items() if k not in extra}
+    unknown = sorted(set(raw) - set(types_))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(types_)}")
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(extra)
     missing = sorted(required - set(raw))
     if missing:
         raise ConfigError(f"{source}: missing key(s) {missing}")
-    values = {k: tuple(v) if isinstance(v, list) and k in ("patch", "eval_stride", "cohort_shape") else v
-              for k, v in raw.items()}
+    values = {k: check_value(v, types_[k], f"{source}: {k}") for k, v in raw.items()}
     return cls(**values, **extra)
 
 
@@ -124,10 +126,17 @@ def load_study(name_or_path: str) -> Study:
         raise ConfigError(f"{path}: labeled_ratio must be in (0, 1], got {study.labeled_ratio}")
     if study.kind not in ("train", "cost"):
         raise ConfigError(f"{path}: kind must be 'train' or 'cost', got {study.kind!r}")
-    for key in ("seeds", "budget"):
-        value = getattr(study, key)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {key} must map profile names to values")
+    for profile, budget in study.budget.items():
+        if study.kind == "train" and budget < 1:
+            raise ConfigError(f"{path}: budget.{profile}: the budget is a number of training iterations >= 1, "
+                              f"got {budget}")
+    for profile, seeds in study.seeds.items():
+        check_seeds(seeds, f"{path}: seeds.{profile}")
+    if not study.methods:
+        raise ConfigError(f"{path}: methods: the study names no method")
+    duplicated = sorted({m for m in study.methods if study.methods.count(m) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: methods: {duplicated} listed more than once")
     for name, spec in study.variants.items():
         if not isinstance(spec, dict) or "method" not in spec:
             raise ConfigError(f"{path}: variants.{name} must be a mapping with a 'method' key")
@@ -135,6 +144,19 @@ def load_study(name_or_path: str) -> Study:
         if unknown:
             raise ConfigError(f"{path}: variants.{name}: unknown key(s) {unknown}; allowed: method, overrides, value")
     return study
+
+
+def check_seeds(seeds: list[int], where: str) -> list[int]:
+    """``seeds`` if they are distinct non-negative integers (at least one), else a ConfigError naming ``where``."""
+    if not seeds:
+        raise ConfigError(f"{where}: no seed given")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise ConfigError(f"{where}: seeds must be non-negative integers, got {negative}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: seed(s) {repeated} listed more than once")
+    return seeds
 
 
 def config_hash(config: dict[str, Any]) -> str:

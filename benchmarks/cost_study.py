@@ -5,26 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 
+from benchmarks import HARNESS_VERSION
 from benchmarks.config import Profile, Study, config_hash
 from benchmarks.cost import FLOPS_CONVENTION, all_networks_gflops, forward_gflops
 from benchmarks.data import load_dataset
 from benchmarks.data.sources import DATASETS_DIR
-from benchmarks.tracking import ensure_experiment, find_finished_run, flatten, git_state, setup_tracking
+from benchmarks.tracking import RunLog, ensure_experiment, find_finished_run, flatten, git_state, setup_tracking
 from methods import get_method
 from methods.common.vnet import count_parameters
 
 
-def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = None,
-                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """One MLflow run per method with ``cost/*`` metrics; finished keys are skipped."""
-    setup_tracking(tracking_uri)
+def cost_cells(study: Study, profile: Profile, methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """One cell per method: its resolved configuration and run key (config, input shape, versions)."""
     info = load_dataset(DATASETS_DIR / study.dataset)  # the definition: class count only
-    experiment_id = ensure_experiment(study.study)
-    results = []
-    for name in methods or study.methods:
+    cells = []
+    for name in list(dict.fromkeys(methods or study.methods)):
         cls = get_method(name)
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         overrides = {k: v for k, v in profile.method_overrides.items() if k in fields}
@@ -32,8 +30,23 @@ def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = N
         config = cls.resolve_config(overrides, f"{study.path}: method_overrides.{name}")
         resolved = {"study": study.study, "method": name, "dataset": info.name, "num_classes": info.num_classes,
                     "input_shape": [1, 1, *profile.patch], "profile": profile.name,
-                    "method_config": dataclasses.asdict(config)}
+                    "method_config": dataclasses.asdict(config),
+                    "versions": {"method": cls.version, "harness": HARNESS_VERSION}}
         run_key = f"{study.study}/{name}/{info.name}/{profile.name}/{config_hash(resolved)}"
+        cells.append({"method": name, "seed": "-", "run_key": run_key, "config": config, "resolved": resolved,
+                      "info": info, "cls": cls})
+    return cells
+
+
+def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = None,
+                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """One MLflow run per method with ``cost/*`` metrics; finished keys are skipped."""
+    cells = cost_cells(study, profile, methods)
+    setup_tracking(tracking_uri)
+    experiment_id = ensure_experiment(study.study)
+    results = []
+    for cell in cells:
+        name, cls, config, info, run_key = cell["method"], cell["cls"], cell["config"], cell["info"], cell["run_key"]
         done = find_finished_run(experiment_id, run_key)
         if done:
             print(f"[skip] {name}: finished run {done}")
@@ -51,16 +64,23 @@ def run_cost_study(study: Study, profile: Profile, methods: list[str] | None = N
                    "cost/gflops_fwd_patch": gflops, "cost/gmacs_fwd_patch": gflops / 2,
                    "cost/gflops_fwd_all_nets": all_networks_gflops(method, profile.patch),
                    "cost/n_nets_infer": float(len(infer))}
-        tags = {"run_key": run_key, "study": study.study, "method": name, "method_title": cls.title,
-                "method_group": cls.group, "profile": profile.name, "dataset": info.name,
-                "input_shape": str([1, 1, *profile.patch]), "flops_convention": FLOPS_CONVENTION, **git_state()}
+        tags = {"run_key": run_key, "study": study.study, "method": name, "seed": "-", "method_title": cls.title,
+                "method_group": cls.group, "method_version": cls.version, "profile": profile.name,
+                "dataset": info.name, "input_shape": str([1, 1, *profile.patch]), "flops_convention": FLOPS_CONVENTION,
+                **git_state()}
         tags.update(method.run_tags())
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"cost-{name}", tags=tags) as run:
-            mlflow.log_params(flatten("", resolved))
-            mlflow.log_metrics(metrics)
+        client = MlflowClient()
+        log = RunLog(client.create_run(experiment_id, run_name=f"cost-{name}", tags=tags).info.run_id, client)
+        try:
+            log.params(flatten("", cell["resolved"]))
+            log.metrics(metrics)
+        except BaseException:
+            log.end("FAILED")
+            raise
+        log.end("FINISHED")
         print(f"[done] {name:14s} params {metrics['cost/params_M']:.2f} M (per net "
               f"{metrics['cost/params_M_per_net']:.2f} M), {gflops:.1f} GFLOPs per {profile.patch} window")
-        results.append({"method": name, "run_id": run.info.run_id, "skipped": False, **metrics})
+        results.append({"method": name, "run_id": log.run_id, "skipped": False, **metrics})
     return results
 
 

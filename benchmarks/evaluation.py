@@ -22,12 +22,15 @@ def predict_case(method: Method, case: Case, patch: Sequence[int], stride: Seque
 
 def evaluate(method: Method, cases: Sequence[Case], info: DatasetInfo, patch: Sequence[int],
              stride: Sequence[int], protocol: Protocol) -> pd.DataFrame:
-    """Tidy per-case table: ``case_id, organ, dice, asd`` (one row per case and foreground class)."""
+    """Tidy per-case table: ``case_id, organ, dice, asd, pred_voxels`` (one row per case and foreground
+    class; ``pred_voxels`` counts the case's predicted foreground voxels, 0 for an all-background
+    prediction, whose ASD the reference rule sets to 0)."""
     rows = []
     for case in cases:
         pred = predict_case(method, case, patch, stride)
         dices, asds = evaluate_case(pred, case.label, info.num_classes, protocol, case.spacing)
-        rows += [{"case_id": case.case_id, "organ": organ, "dice": d, "asd": a}
+        foreground = int(np.count_nonzero(pred))
+        rows += [{"case_id": case.case_id, "organ": organ, "dice": d, "asd": a, "pred_voxels": foreground}
                  for organ, d, a in zip(info.organs, dices, asds)]
     return pd.DataFrame(rows)
 
@@ -36,7 +39,8 @@ def summarize(per_case: pd.DataFrame, info: DatasetInfo) -> dict[str, float]:
     """Mean over cases per organ, then over organs (All / Large / Small), as the reference tables.
 
     Keys: ``test/dice/<organ>``, ``test/asd/<organ>``, ``test/dice_mean``, ``test/dice_large``,
-    ``test/dice_small``, ``test/asd_mean`` (NaNs, where a protocol yields them, are left out).
+    ``test/dice_small``, ``test/asd_mean`` (NaNs, where a protocol yields them, are left out), and
+    ``test/cases_all_background``: the number of cases predicted entirely as background.
     """
     per_organ = per_case.groupby("organ", sort=False)[["dice", "asd"]].mean()
     out: dict[str, float] = {}
@@ -49,4 +53,6 @@ def summarize(per_case: pd.DataFrame, info: DatasetInfo) -> dict[str, float]:
     out["test/dice_large"] = float(np.nanmean(per_organ.loc[large, "dice"])) if large else float("nan")
     out["test/dice_small"] = float(np.nanmean(per_organ.loc[small, "dice"])) if small else float("nan")
     out["test/asd_mean"] = float(np.nanmean(per_organ["asd"]))
+    if "pred_voxels" in per_case:
+        out["test/cases_all_background"] = float((per_case.groupby("case_id")["pred_voxels"].first() == 0).sum())
     return out

@@ -1,26 +1,77 @@
 """MLflow helpers: store location, experiments, run keys, finished-run lookup, git state."""
 from __future__ import annotations
 
+import fcntl
 import os
+import sqlite3
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from benchmarks.config import PROJECT_ROOT, tracking_uri
+from benchmarks.errors import TrackingError
 
 os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per artifact read by the reports
 
 
 def setup_tracking(uri: str | None = None) -> str:
-    """Point MLflow at ``uri`` (default: :func:`benchmarks.config.tracking_uri`) and return it."""
+    """Point MLflow at ``uri`` (default: :func:`benchmarks.config.tracking_uri`) after checking that
+    the store can be used; returns the URI.
+
+    A server (``http(s)://``) must answer within ``$ORGANBENCH_TRACKING_TIMEOUT_S`` seconds (5);
+    a SQLite file must be creatable and writable. Both failures are a :class:`TrackingError` of one
+    line naming the URI, raised before any run exists. A new SQLite store is created under a file
+    lock, so several processes may start on the same new store at once.
+    """
     uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    elif uri.startswith("sqlite:///"):
+        _init_sqlite(Path(uri.removeprefix("sqlite:///")), uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _probe_server(uri: str) -> None:
+    timeout = float(os.environ.get("ORGANBENCH_TRACKING_TIMEOUT_S", "5"))
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answered (with an error page): it is there
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) did not answer within "
+                            f"{timeout:g} s ({reason}); start it (make mlflow) or unset MLFLOW_TRACKING_URI "
+                            f"to use the embedded store") from None
+
+
+def _init_sqlite(path: Path, uri: str) -> None:
+    """Check that the SQLite store at ``path`` can be written, then create its tables once (locked)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=30) as connection:  # creates the file when absent
+            connection.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only store
+            connection.rollback()
+        connection.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise TrackingError(f"MLflow store {uri}: cannot write {path} ({exc}); point MLFLOW_TRACKING_URI at a "
+                            f"writable location") from None
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first process creates the tables, the others wait
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(name: str) -> str:
@@ -76,3 +127,40 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
             out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
         return out
     return {prefix: str(value)}
+
+
+class RunLog:
+    """Logging to one run by id through :class:`MlflowClient` (no fluent "active run": nothing can
+    end it behind our back, e.g. MLflow's exit hook, which would mark it FINISHED)."""
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self.run_id, self.client = run_id, client or MlflowClient()
+
+    def params(self, values: dict[str, Any]) -> None:
+        items = [Param(k, str(v)) for k, v in values.items()]
+        for i in range(0, len(items), 100):  # the store takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def tags(self, values: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in values.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i:i + 100])
+
+    def dict(self, value: dict[str, Any], path: str) -> None:
+        self.client.log_dict(self.run_id, value, path)
+
+    def text(self, value: str, path: str) -> None:
+        self.client.log_text(self.run_id, value, path)
+
+    def figure(self, figure: Any, path: str) -> None:
+        self.client.log_figure(self.run_id, figure, path)
+
+    def end(self, status: str) -> None:
+        """Set the run's final status (FINISHED, FAILED or KILLED)."""
+        self.client.set_terminated(self.run_id, status)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,10 +37,27 @@ def random_crop(image: np.ndarray, label: np.ndarray | None, patch: Sequence[int
     return image[window], None if label is None else label[window]
 
 
-def _stream(n: int, rng: np.random.Generator) -> Iterator[int]:
-    """Endless concatenation of random permutations of ``range(n)``."""
-    while True:
-        yield from rng.permutation(n).tolist()
+class _PermutationStream:
+    """Endless concatenation of random permutations of ``range(n)``, drawn from ``rng`` when the
+    previous one is used up (the TwoStreamBatchSampler of the references). Its position is plain
+    data, so a checkpoint can store and restore it."""
+
+    def __init__(self, n: int, rng: np.random.Generator) -> None:
+        self.n, self.rng = n, rng
+        self.order: list[int] = []
+        self.position = 0
+
+    def __next__(self) -> int:
+        if self.position >= len(self.order):
+            self.order, self.position = self.rng.permutation(self.n).tolist(), 0
+        self.position += 1
+        return self.order[self.position - 1]
+
+    def state(self) -> dict[str, Any]:
+        return {"order": list(self.order), "position": self.position}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.order, self.position = list(state["order"]), int(state["position"])
 
 
 class TwoStreamSampler:
@@ -49,7 +66,8 @@ class TwoStreamSampler:
     Both streams walk through random permutations (the TwoStreamBatchSampler of the references:
     every case is seen once per pass). ``policy`` (the method's ``batch_policy``): ``two_stream``
     as above; ``labeled_only`` drops the unlabeled crops; ``all_labeled`` fills every slot with a
-    labeled crop.
+    labeled crop. :meth:`state` / :meth:`load_state` capture the generator and both stream
+    positions (training resumes with the very batches it would have drawn).
     """
 
     def __init__(self, labeled: Sequence[Case], unlabeled: Sequence[Case], labeled_bs: int, unlabeled_bs: int,
@@ -65,10 +83,21 @@ class TwoStreamSampler:
         self.labeled_bs = labeled_bs + unlabeled_bs if policy == "all_labeled" else labeled_bs
         self.unlabeled_bs = unlabeled_bs if policy == "two_stream" else 0
         self.rng = np.random.default_rng(seed)
-        self._labeled_ids = _stream(len(self.labeled), self.rng)
-        self._unlabeled_ids = _stream(max(len(self.unlabeled), 1), self.rng)
+        self._labeled_ids = _PermutationStream(len(self.labeled), self.rng)
+        self._unlabeled_ids = _PermutationStream(max(len(self.unlabeled), 1), self.rng)
 
-    def _crops(self, cases: list[Case], ids: Iterator[int], n: int, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def state(self) -> dict[str, Any]:
+        """The generator's state and both stream positions (plain data)."""
+        return {"rng": self.rng.bit_generator.state, "labeled": self._labeled_ids.state(),
+                "unlabeled": self._unlabeled_ids.state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the sampler that produced ``state`` stopped."""
+        self.rng.bit_generator.state = state["rng"]
+        self._labeled_ids.load_state(state["labeled"])
+        self._unlabeled_ids.load_state(state["unlabeled"])
+
+    def _crops(self, cases: list[Case], ids: _PermutationStream, n: int, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for _ in range(n):
             case = cases[next(ids)]
@@ -90,15 +119,30 @@ class TrainingDiverged(OrganbenchError):
     """A loss became NaN or infinite."""
 
 
+class StopRequested(Exception):
+    """Raised by :func:`train` at a step boundary when ``should_stop()`` said so (after the
+    checkpoint callback saved the state at that boundary)."""
+
+    def __init__(self, next_step: int) -> None:
+        super().__init__(f"stopped before iteration {next_step}")
+        self.next_step = next_step
+
+
 def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every: int = 25,
           on_log: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
-          description: str = "train") -> dict[str, float]:
-    """Run ``iterations`` steps with poly LR decay over the budget; returns the last logs.
+          description: str = "train", start_step: int = 0, checkpoint_every: int = 0,
+          on_checkpoint: Callable[[int], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Run steps ``start_step .. iterations - 1`` with poly LR decay over the budget; returns the last logs.
 
     ``on_log(step, logs)`` receives the logs (plus ``lr``) every ``log_every`` steps and at the end.
+    ``on_checkpoint(next_step)`` is called after every ``checkpoint_every``-th step (not after the
+    last) with the number of steps done, and, when ``should_stop()`` turns true, once more before
+    :class:`StopRequested` is raised: the saved state is always that of a step boundary.
     """
     logs: dict[str, float] = {}
-    bar = tqdm(range(iterations), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(start_step, iterations), desc=description, disable=not progress, leave=False,
+               dynamic_ncols=True, initial=start_step, total=iterations)
     for step in bar:
         lr = poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
                      method.config.poly_power)
@@ -112,4 +156,12 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
         if on_log and (step % log_every == 0 or step == iterations - 1):
             on_log(step, logs)
+        done = step + 1
+        if done < iterations and should_stop is not None and should_stop():
+            if on_checkpoint:
+                on_checkpoint(done)
+            bar.close()
+            raise StopRequested(done)
+        if on_checkpoint and checkpoint_every and done % checkpoint_every == 0 and done < iterations:
+            on_checkpoint(done)
     return logs

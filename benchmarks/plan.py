@@ -1,0 +1,170 @@
+"""A study resolved under a profile: its cells, their configurations and run keys.
+
+Resolution checks everything a run depends on before any run exists: methods and seeds, the
+method configurations (keys and value types), the dataset definition, the split files (present,
+consistent, non-empty) and the data digest. A :class:`Cell`'s ``run_key`` hashes everything that
+determines its result and nothing else (see :meth:`Cell.resolved`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import HARNESS_VERSION
+from benchmarks.config import Profile, Study, check_seeds, config_hash
+from benchmarks.data import DatasetInfo, check_splits, read_split, split_name
+from benchmarks.data.digest import dataset_digest
+from benchmarks.data.sources import resolve_dataset
+from benchmarks.errors import ConfigError, DatasetError
+from benchmarks.metrics import Protocol, get_protocol
+from methods import UnknownMethodError, get_method
+from methods.base import Method
+
+# Profile fields that do not change a run's numbers (kept out of the run key).
+NOT_IN_KEY = ("description", "log_every", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, seed) run of a study under a profile, with its resolved configuration."""
+
+    study: Study
+    profile: Profile
+    method: str
+    seed: int
+    iterations: int
+    method_config: dict[str, Any]
+    dataset: DatasetInfo
+    split_sha: str
+    data_digest: str
+    versions: dict[str, str]
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything that determines the result (logged as params, hashed into the run key): the
+        study's setting, the profile, the method's configuration, the data (digest of dataset.json
+        and of the case files used) and the behaviour versions of the method, the harness, the
+        metric protocol and the synthetic data generator."""
+        profile = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in NOT_IN_KEY}
+        # only the profile overrides this method has (others cannot change its result or its key)
+        profile["method_overrides"] = {k: v for k, v in profile["method_overrides"].items() if k in self.method_config}
+        return {"study": self.study.study, "method": self.method, "seed": self.seed,
+                "dataset": self.dataset.name, "synthetic": self.dataset.synthetic, "split_sha256": self.split_sha,
+                "data_digest": self.data_digest, "preprocessing": self.dataset.preprocessing,
+                "labeled_ratio": self.study.labeled_ratio, "protocol": self.study.protocol,
+                "iterations": self.iterations, "profile": profile, "method_config": self.method_config,
+                "versions": self.versions}
+
+    @property
+    def run_key(self) -> str:
+        return (f"{self.study.study}/{self.method}/{self.dataset.name}/{self.study.labeled_ratio}/"
+                f"seed{self.seed}/{self.profile.name}/{config_hash(self.resolved())}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} seed {self.seed}"
+
+
+def _pick(values: dict[str, Any], profile: str, key: str, study: Study) -> Any:
+    if profile not in values:
+        raise ConfigError(f"{study.path}: {key} has no entry for profile {profile!r} (entries: {sorted(values)})")
+    return values[profile]
+
+
+def _split_sha(info: DatasetInfo, names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update((info.root / "splits" / f"{name}.txt").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def unique(values: list[Any]) -> list[Any]:
+    """``values`` without repeats, first occurrence kept (``--seeds 3,3`` trains seed 3 once)."""
+    return list(dict.fromkeys(values))
+
+
+class StudyPlan:
+    """Resolve ``study`` under ``profile`` for the requested methods and seeds (default: the study's)."""
+
+    def __init__(self, study: Study, profile: Profile, methods: list[str] | None = None,
+                 seeds: list[int] | None = None, data_dir: str | Path | None = None, progress: bool = True) -> None:
+        self.study, self.profile = study, profile
+        self.study_seeds = list(_pick(study.seeds, profile.name, "seeds", study))
+        self.methods = unique(methods) if methods else list(study.methods)
+        self.seeds = check_seeds(unique(seeds), "--seeds") if seeds is not None else self.study_seeds
+        self.iterations = int(_pick(study.budget, profile.name, "budget", study))
+        try:
+            self.protocol: Protocol = get_protocol(study.protocol)
+        except KeyError as exc:
+            raise ConfigError(f"{study.path}: protocol: {exc.args[0]}") from None
+        unknown = sorted(set(study.method_overrides) - set(self.methods) - set(study.methods))
+        if unknown:
+            raise ConfigError(f"{study.path}: method_overrides names methods not in the study: {unknown}")
+        names = unique(self.methods + list(study.methods))
+        self.method_classes: dict[str, type[Method]] = {}
+        for name in names:
+            try:
+                self.method_classes[name] = get_method(study.base_method(name))
+            except UnknownMethodError as exc:
+                where = f"{study.path}: methods" if name in study.methods else "--methods"
+                raise ConfigError(f"{where}: {exc}") from None
+        self.configs = {n: self._method_config(n) for n in names}
+        self.dataset = resolve_dataset(study.dataset, profile, data_dir, progress)
+        ratio = study.labeled_ratio
+        self.split_names = [split_name(ratio, "labeled", study.split_variant),
+                            split_name(ratio, "unlabeled", study.split_variant), "train", "test"]
+        self.splits = {name: read_split(self.dataset, name) for name in self.split_names}
+        self._check_not_empty()
+        check_splits(self.dataset, self.splits, self.split_names[0], self.split_names[1])
+        self.split_sha = _split_sha(self.dataset, self.split_names)
+        self.data_digest = dataset_digest(self.dataset, self.splits["train"] + self.splits["test"])
+
+    @property
+    def labeled_split(self) -> str:
+        return self.split_names[0]
+
+    @property
+    def unlabeled_split(self) -> str:
+        return self.split_names[1]
+
+    def _method_config(self, name: str) -> dict[str, Any]:
+        cls = self.method_classes[name]
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        overrides = {k: v for k, v in self.profile.method_overrides.items() if k in fields}
+        overrides.update(self.study.method_overrides.get(name, {}))
+        overrides.update(self.study.variants.get(name, {}).get("overrides", {}))
+        source = (f"{self.study.path}: variants.{name}.overrides" if name in self.study.variants
+                  else f"{self.study.path}: method_overrides.{name}")
+        return dataclasses.asdict(cls.resolve_config(overrides, source))
+
+    def _check_not_empty(self) -> None:
+        needed = ["train", "test", self.labeled_split]
+        if any(self.method_classes[m].batch_policy == "two_stream" for m in self.methods):
+            needed.append(self.unlabeled_split)
+        for name in needed:
+            if not self.splits[name]:
+                raise DatasetError(f"{self.dataset.root / 'splits' / (name + '.txt')}: split {name!r} is empty; "
+                                   "a study needs labeled, unlabeled (semi-supervised methods), train and test cases")
+
+    def versions(self, method: str) -> dict[str, str]:
+        """Behaviour versions that enter ``method``'s run keys."""
+        return {"method": self.method_classes[method].version, "harness": HARNESS_VERSION,
+                "protocol": self.protocol.version, "data_generator": self.dataset.generator_version}
+
+    def cell(self, method: str, seed: int) -> Cell:
+        return Cell(self.study, self.profile, method, seed, self.iterations, self.configs[method], self.dataset,
+                    self.split_sha, self.data_digest, self.versions(method))
+
+    def cells(self) -> list[Cell]:
+        """The requested cells (methods x seeds asked for on the command line, else the study's)."""
+        return [self.cell(m, s) for m in self.methods for s in self.seeds]
+
+    def study_cells(self) -> list[Cell]:
+        """The study's own cells under this profile: its methods x its seeds. Tables show exactly these."""
+        return [self.cell(m, s) for m in self.study.methods for s in self.study_seeds]
+
+    def test_ids(self) -> list[str]:
+        """The test cases evaluated: all, or the first ``max_test_cases`` under the profile."""
+        return self.splits["test"][: self.profile.max_test_cases or None]
