@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.config import Study  # noqa: E402
-from reports.queries import NoRunsError, finished_runs  # noqa: E402
+from reports.queries import NoRunsError, StudyRuns, others_note, study_runs  # noqa: E402
 from reports.tables import PUBLISHED_DIR, build_table  # noqa: E402
 
 OURS_COLOUR, PUBLISHED_COLOUR = "#1f4e79", "#8b0000"
@@ -32,13 +32,18 @@ def _value_frame(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
-def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None
-                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """``(ours, published, header)``: ours has one row per variant (value columns, Dice All / Large /
-    Small mean and std over seeds, seeds, status); published is the paper's table (or empty)."""
+def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None,
+                    cells: list[dict[str, object]] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], list[str]]:
+    """``(ours, published, header, footnotes)``: ours has one row per variant (value columns, Dice All /
+    Large / Small mean and std over seeds, seeds, status) from the study's ``cells`` only; published
+    is the paper's table (or empty); footnotes list unfinished cells and runs not part of the study."""
     ours = _value_frame(study)
+    footnotes: list[str] = []
     try:
-        runs = finished_runs(study.study, profile, tracking_uri).copy()
+        selected: StudyRuns = study_runs(study.study, profile, cells, tracking_uri)
+        runs = selected.runs.copy()
+        footnotes = others_note(selected)
     except NoRunsError:
         runs = pd.DataFrame()
     header: dict[str, str] = {"profile": profile}
@@ -54,7 +59,7 @@ def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None
     published = pd.DataFrame()
     if study.published.get("file"):
         published = pd.read_csv(PUBLISHED_DIR / study.published["file"])
-    return ours, published, header
+    return ours, published, header, footnotes
 
 
 def _status(study: Study, name: str, has_runs: bool) -> str:
@@ -87,9 +92,10 @@ def _display(ours: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def render_ablation(study: Study, profile: str, out_dir: Path, tracking_uri: str | None = None) -> list[Path]:
+def render_ablation(study: Study, profile: str, out_dir: Path, tracking_uri: str | None = None,
+                    cells: list[dict[str, object]] | None = None) -> list[Path]:
     """Write ``<study>.md/.csv/.tex/.png`` under ``out_dir``; returns the paths."""
-    ours, published, header = ablation_frames(study, profile, tracking_uri)
+    ours, published, header, footnotes = ablation_frames(study, profile, tracking_uri, cells)
     shown = _display(ours)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{study.study}.{ext}" for ext in ("md", "csv", "tex", "png")]
@@ -99,7 +105,7 @@ def render_ablation(study: Study, profile: str, out_dir: Path, tracking_uri: str
     if synthetic:
         md += ["> Ours: a **synthetic** cohort under this profile; not comparable with the published numbers "
                "(real AMOS, GPU), shown in their own table below.", ""]
-    md += ["## Ours: Dice (%), mean ± std over seeds", "", shown.to_markdown(), ""]
+    md += ["## Ours: Dice (%), mean ± std over seeds", "", shown.to_markdown(), "", *[f"{f}\n" for f in footnotes]]
     if not published.empty:
         md += [f"## Published (TAK paper, {study.published['file']}; real data, reference only)", "",
                published.to_markdown(index=False, floatfmt=".2f"), ""]

@@ -21,9 +21,10 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series | float:
 
 
 def render_cost_table(study: str, profile: str, out_dir: Path, title: str = "",
-                      tracking_uri: str | None = None) -> list[Path]:
-    """Write ``<study>.md/.csv/.tex/.png``: our counts, the published ones, and their agreement."""
-    runs = finished_runs(study, profile, tracking_uri, group_by=("tags.method",))
+                      tracking_uri: str | None = None, cells: list[dict[str, object]] | None = None) -> list[Path]:
+    """Write ``<study>.md/.csv/.tex/.png``: our counts, the published ones, and their agreement
+    (``cells``: the cost study's cells, method / seed / run key)."""
+    runs = finished_runs(study, profile, tracking_uri, cells=cells)
     ours = pd.DataFrame({
         "method": runs["tags.method"].values, "Method": method_labels(runs).values,
         "params (M, inference)": runs["metrics.cost/params_M"].values,

@@ -23,7 +23,8 @@ def _dice_by_method(runs: pd.DataFrame) -> pd.DataFrame:
     return per_run.groupby("method").mean()
 
 
-def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", baseline: str = "ga") -> Path:
+def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", baseline: str = "ga",
+                cells: list[dict[str, object]] | None = None) -> Path:
     """Voxel share (of the foreground) vs convex-hull ratio per organ (point size = share), each organ
     labelled with ``method``'s Dice gain over ``baseline`` in ``study``. Falls back to the best method
     over ``supervised`` (said in the title) while TAK or GA have no runs."""
@@ -36,7 +37,7 @@ def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", ba
     organs = [c.removeprefix("metrics.share/") for c in stats.columns if c.startswith("metrics.share/")]
     frame = pd.DataFrame({"organ": organs, "share": [100 * latest[f"metrics.share/{o}"] for o in organs],
                           "hull": [latest.get(f"metrics.hull_ratio/{o}") for o in organs]})
-    dice = _dice_by_method(finished_runs(study, profile))
+    dice = _dice_by_method(finished_runs(study, profile, cells=cells))
     if not {method, baseline} <= set(dice.index):
         method = str(dice.drop(index=["fully", "supervised"], errors="ignore").mean(1).idxmax())
         baseline = "supervised"
@@ -57,9 +58,9 @@ def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", ba
     return _save(fig, frame, out_dir, "fig1")
 
 
-def render_fig6(study: str, profile: str, out_dir: Path) -> Path:
+def render_fig6(study: str, profile: str, out_dir: Path, cells: list[dict[str, object]] | None = None) -> Path:
     """Mean Dice of each method in ``study`` vs its forward GFLOPs per window; point size = params."""
-    runs = finished_runs(study, profile)
+    runs = finished_runs(study, profile, cells=cells)
     frame = pd.DataFrame({"method": method_labels(runs).values, "dice": runs["metrics.test/dice_mean"].values,
                           "gflops": runs["metrics.cost/gflops_fwd_patch"].values,
                           "params": runs["metrics.cost/params_M"].values})

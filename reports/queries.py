@@ -1,5 +1,13 @@
-"""MLflow -> pandas: the finished runs of a study, as a tidy frame."""
+"""MLflow -> pandas: the finished runs of a study's cells, and what else the experiment holds.
+
+A study's cells (method x seed under a profile, each with its run key) are resolved by the harness
+and passed in; the reports only read MLflow. A table shows exactly one finished run per cell; any
+other finished run in the experiment (an ad-hoc seed, an older configuration, another code or data
+version) is listed as not part of the study, never averaged in.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import mlflow
 import pandas as pd
@@ -9,19 +17,87 @@ class NoRunsError(LookupError):
     """The store holds no finished run for the query."""
 
 
-def finished_runs(study: str, profile: str, tracking_uri: str | None = None,
-                  group_by: tuple[str, ...] = ("tags.method", "tags.seed")) -> pd.DataFrame:
-    """Finished per-cell runs (those with a ``run_key``) of experiment ``study`` under ``profile``."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+@dataclass
+class StudyRuns:
+    """``runs``: one finished run per study cell that has one (the newest if a cell has several);
+    ``others``: the experiment's other finished runs under the profile, with a ``reason`` column;
+    ``missing``: the study cells without a finished run; ``cells``: all of the study's cells."""
+
+    runs: pd.DataFrame
+    others: pd.DataFrame
+    missing: list[dict[str, object]] = field(default_factory=list)
+    cells: list[dict[str, object]] = field(default_factory=list)
+
+    def seeds_asked(self, method: str) -> int:
+        return sum(c["method"] == method for c in self.cells)
+
+
+def _all_finished(study: str, profile: str) -> pd.DataFrame:
     if mlflow.get_experiment_by_name(study) is None:
         raise NoRunsError(f"no MLflow experiment {study!r} at {mlflow.get_tracking_uri()}; run the study first")
     runs = mlflow.search_runs(experiment_names=[study], output_format="pandas", max_results=100_000,
                               filter_string=f"attributes.status = 'FINISHED' and tags.profile = '{profile}'")
     if "tags.run_key" in runs:
         runs = runs[runs["tags.run_key"].notna()]
+    return runs
+
+
+def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None = None,
+               tracking_uri: str | None = None) -> StudyRuns:
+    """The finished runs of ``cells`` (dicts with ``method``, ``seed``, ``run_key``) in experiment
+    ``study``; raises :class:`NoRunsError` when none of them has one.
+
+    ``cells=None`` takes the newest finished run per (method, seed) (for a store whose study cannot
+    be resolved; the CLI always passes the cells).
+    """
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    runs = _all_finished(study, profile)
+    where = f"at {mlflow.get_tracking_uri()}"
     if runs.empty:
-        raise NoRunsError(f"no finished run of study {study!r} with profile {profile!r} at {mlflow.get_tracking_uri()}")
-    # one run per (method, seed): the newest, so a cell re-run under a changed configuration
-    # replaces the stale one instead of being averaged with it
-    return runs.sort_values("start_time").groupby(list(group_by)).tail(1).reset_index(drop=True)
+        raise NoRunsError(f"no finished run of study {study!r} with profile {profile!r} {where}")
+    runs = runs.sort_values("start_time")
+    if cells is None:
+        mine = runs.groupby(["tags.method", "tags.seed"]).tail(1)
+        others = runs.drop(mine.index).assign(reason="older run of the same cell")
+        return StudyRuns(mine.reset_index(drop=True), others.reset_index(drop=True))
+    keys = {str(c["run_key"]) for c in cells}
+    in_study = runs[runs["tags.run_key"].isin(keys)]
+    mine = in_study.groupby("tags.run_key").tail(1)  # duplicates (older versions' races): the newest
+    others = runs.drop(mine.index).copy()
+    cell_ids = {(str(c["method"]), str(c["seed"])) for c in cells}
+    methods = {str(c["method"]) for c in cells}
+    others["reason"] = [
+        "duplicate finished run of a study cell" if key in keys else
+        "another configuration, data or code version of a study cell" if (m, s) in cell_ids else
+        "seed not in the study" if m in methods else "method not in the study"
+        for key, m, s in zip(others["tags.run_key"], others["tags.method"], others["tags.seed"])]
+    missing = [c for c in cells if str(c["run_key"]) not in set(mine["tags.run_key"])]
+    if mine.empty:
+        hint = (f" ({len(others)} other finished run(s) there belong to another configuration, seed, dataset "
+                f"folder or code version: if the runs used --data DIR, pass the same --data to the report)"
+                if len(others) else "")
+        raise NoRunsError(f"none of the {len(cells)} cells of study {study!r} (profile {profile!r}) has a finished "
+                          f"run {where}{hint}; run the study first")
+    return StudyRuns(mine.reset_index(drop=True), others.reset_index(drop=True), missing, list(cells))
+
+
+def finished_runs(study: str, profile: str, tracking_uri: str | None = None,
+                  cells: list[dict[str, object]] | None = None) -> pd.DataFrame:
+    """The finished runs of the study's cells (see :func:`study_runs`), as one frame."""
+    return study_runs(study, profile, cells, tracking_uri).runs
+
+
+def others_note(selected: StudyRuns) -> list[str]:
+    """Footnote lines: the study cells not finished yet and the runs that are not part of the study."""
+    lines = []
+    if selected.missing:
+        names = ", ".join(f"{c['method']} seed {c['seed']}" for c in selected.missing)
+        lines.append(f"Not finished yet ({len(selected.missing)} of {len(selected.cells)} cells): {names}.")
+    if len(selected.others):
+        groups = selected.others.groupby(["reason", "tags.method"])["tags.seed"].apply(
+            lambda s: ", ".join(sorted(set(s), key=lambda x: (len(x), x))))
+        parts = [f"{method} (seeds {seeds}): {reason}" for (reason, method), seeds in groups.items()]
+        lines.append(f"Not part of this study ({len(selected.others)} finished run(s) in the experiment, not shown): "
+                     + "; ".join(parts) + ".")
+    return lines

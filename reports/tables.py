@@ -2,13 +2,18 @@
 
 Rows: methods grouped fully / lower bound / general / imbalance. Columns: All, Large, Small and
 one column per organ. Cells: mean +- std over seeds (std of the per-seed means, as DHC reports);
-the Dice table adds the bootstrap 95 % CI of the mean per-case Dice and the Wilcoxon signed-rank
-p-value against the reference method (TAK when it ran). Best and second best per column are marked
-(bold / underlined; Dice higher is better, ASD lower is better).
+``n`` is the number of seeds finished (of those the study asks for). The Dice table adds the
+bootstrap 95 % CI of the mean per-case Dice and the Wilcoxon signed-rank p-value against the
+reference method (TAK when it ran). Best and second best per column are marked (bold / underlined;
+Dice higher is better, ASD lower is better).
+
+A row whose network predicted only background on some test case is flagged (``†``) and never
+marked best: under the reference rule such a case scores ASD 0 for every organ, so its ASD cells
+are shown as not meaningful (``n/m``) instead of a misleadingly small number.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.queries import finished_runs  # noqa: E402
+from reports.queries import StudyRuns, others_note, study_runs  # noqa: E402
 from reports.statistics import method_statistics, per_case_dice  # noqa: E402
 
 GROUP_ORDER = ["fully", "lower-bound", "general", "imbalance"]
@@ -40,10 +45,28 @@ class RenderedTable:
     header: dict[str, str]
     groups: pd.Series
     higher_is_better: bool
+    n: pd.Series = field(default_factory=lambda: pd.Series(dtype=int))  # seeds finished per row
+    flagged: dict[str, str] = field(default_factory=dict)  # row -> why it is flagged (all-background predictions)
 
 
 def method_labels(runs: pd.DataFrame) -> pd.Series:
     return runs["tags.method_title"].fillna(runs["tags.method"])
+
+
+FLAG = "†"
+NOT_MEANINGFUL = "n/m"
+
+
+def all_background_flags(runs: pd.DataFrame, labels: pd.Series) -> dict[str, str]:
+    """Rows with at least one test case predicted entirely as background, with a short reason."""
+    column = "metrics.test/cases_all_background"
+    if column not in runs:
+        return {}
+    flags = {}
+    for label, count, total in zip(labels, runs[column], runs.get("tags.test_cases", [None] * len(runs))):
+        if pd.notna(count) and count > 0:
+            flags[label] = f"all-background prediction on {int(count)} of {total or '?'} test cases in a seed"
+    return flags
 
 
 def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
@@ -70,16 +93,20 @@ def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
                           f"{runs['tags.asd_units'].iloc[0]})",
               "seeds": ", ".join(map(str, seeds)), "commit": ", ".join(commits) + (" (dirty)" if dirty else ""),
               "test cases": runs["tags.test_cases"].iloc[0] + " of " + runs["tags.test_cases_total"].iloc[0]}
-    return RenderedTable(metric, mean, std, header, groups.loc[order], metric == "dice")
+    n = grouped.size().loc[order]
+    return RenderedTable(metric, mean, std, header, groups.loc[order], metric == "dice", n,
+                         all_background_flags(runs, labels))
 
 
 def ranks(table: RenderedTable) -> pd.DataFrame:
     """1 for the best and 2 for the second best value per column (ties share a rank; 0 otherwise).
     The worst value is never marked, so a column where one method is best and all others tie at
-    the bottom (e.g. all 0) marks only the best."""
+    the bottom (e.g. all 0) marks only the best. Flagged rows (all-background predictions) are
+    never marked and do not take a rank from the others."""
     out = pd.DataFrame(0, index=table.mean.index, columns=table.mean.columns)
+    eligible = table.mean.drop(index=[m for m in table.flagged if m in table.mean.index])
     for column in table.mean.columns:
-        values = table.mean[column].dropna().round(2)
+        values = eligible[column].dropna().round(2)
         if values.nunique() < 2:  # nothing to single out
             continue
         dense = values.rank(method="dense", ascending=not table.higher_is_better).astype(int)
@@ -95,8 +122,10 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.2f}" if np.isnan(std) or std == 0 else f"{mean:.2f} ± {std:.2f}"
 
 
-def to_frame(table: RenderedTable, style: str = "plain", stats: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Formatted cells ``mean ± std``, best/second marked per ``style`` (plain, markdown, latex)."""
+def to_frame(table: RenderedTable, style: str = "plain", stats: pd.DataFrame | None = None,
+             seeds_asked: dict[str, int] | None = None) -> pd.DataFrame:
+    """Formatted cells ``mean ± std``, best/second marked per ``style`` (plain, markdown, latex); a
+    flagged row's label carries ``†`` and its ASD cells read ``n/m``."""
     marks = ranks(table)
     wrap = {"markdown": ("**{}**", "<u>{}</u>"), "latex": ("\\textbf{{{}}}", "\\underline{{{}}}"),
             "plain": ("{}", "{}")}[style]
@@ -104,6 +133,9 @@ def to_frame(table: RenderedTable, style: str = "plain", stats: pd.DataFrame | N
     for column in table.mean.columns:
         texts = []
         for method in table.mean.index:
+            if table.metric == "asd" and method in table.flagged:
+                texts.append(NOT_MEANINGFUL)
+                continue
             text = _cell(table.mean.loc[method, column], table.std.loc[method, column])
             if style == "latex":
                 text = text.replace("±", "$\\pm$")
@@ -117,10 +149,27 @@ def to_frame(table: RenderedTable, style: str = "plain", stats: pd.DataFrame | N
         cells.insert(2, f"p vs {stats.attrs.get('reference', '-')}",
                      [f"{stats.loc[m, 'p_value']:.3g}" if m in stats.index and not np.isnan(stats.loc[m, "p_value"])
                       else "-" for m in cells.index])
+    asked = seeds_asked or {}
+    if len(table.n):
+        cells.insert(0, "n", [f"{table.n[m]}" + (f" of {asked[m]}" if asked.get(m, table.n[m]) != table.n[m] else "")
+                              for m in cells.index])
     cells.insert(0, "Group", table.groups.values)
+    cells.index = [f"{m} {FLAG}" if m in table.flagged else m for m in cells.index]
     cells.index.name = "Method"
     cells.columns = [ORGAN_ABBREV.get(c, c) for c in cells.columns]
     return cells
+
+
+def flag_note(table: RenderedTable) -> list[str]:
+    """Footnote lines for the flagged rows."""
+    return [f"{FLAG} {m}: {why}; its ASD is not meaningful under the reference rule (an all-background prediction "
+            f"scores ASD 0) and it is never marked best." for m, why in table.flagged.items()]
+
+
+def _seeds_asked(selected: StudyRuns, runs: pd.DataFrame) -> dict[str, int]:
+    labels = method_labels(runs)
+    return {label: selected.seeds_asked(method) for label, method in zip(labels, runs["tags.method"])
+            if selected.cells}
 
 
 def published_panel(table_number: int) -> pd.DataFrame:
@@ -137,38 +186,52 @@ def published_panel(table_number: int) -> pd.DataFrame:
 
 
 def render_dice_tables(study: str, profile: str, out_dir: Path, table_number: int | None = None,
-                       title: str = "", tracking_uri: str | None = None) -> list[Path]:
-    """Write ``<study>.md/.csv/.tex/.png`` (Dice and ASD) under ``out_dir``; returns the paths."""
-    runs = finished_runs(study, profile, tracking_uri)
+                       title: str = "", tracking_uri: str | None = None,
+                       cells: list[dict[str, object]] | None = None) -> list[Path]:
+    """Write ``<study>.md/.csv/.tex/.png`` (Dice and ASD) under ``out_dir``; returns the paths.
+
+    ``cells``: the study's cells (method, seed, run key) as the harness resolves them; exactly
+    their finished runs are shown, everything else in the experiment is listed in a footnote.
+    """
+    selected = study_runs(study, profile, cells, tracking_uri)
+    runs = selected.runs
     dice, asd = build_table(runs, "dice"), build_table(runs, "asd")
     per_case = per_case_dice(runs, method_labels(runs))
     reference = REFERENCE_METHOD if REFERENCE_METHOD in dice.mean.index else str(dice.mean["All"].idxmax())
     stats = method_statistics(per_case, reference)
     stats.attrs["reference"] = reference
+    asked = _seeds_asked(selected, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     numbers = pd.concat({"dice_percent": dice.mean, "dice_std": dice.std, "asd": asd.mean, "asd_std": asd.std}, axis=1)
     numbers[("dice_all_ci", "low")], numbers[("dice_all_ci", "high")] = stats["ci_low"], stats["ci_high"]
     numbers[("wilcoxon_p", f"vs {reference}")] = stats["p_value"]
+    numbers[("seeds", "finished")] = dice.n
+    numbers[("seeds", "asked")] = [asked.get(m, np.nan) for m in numbers.index]
+    numbers[("flag", "all_background")] = [dice.flagged.get(m, "") for m in numbers.index]
+    for m in dice.flagged:
+        numbers.loc[m, "asd"] = np.nan  # not meaningful (see the flag)
     numbers.to_csv(out_dir / f"{study}.csv")
     synthetic = "SYNTHETIC" in dice.header["dataset"]
-    note = (f"Bold: best, underlined: second best per column. 95% CI: bootstrap over test cases of the mean "
-            f"per-case Dice; p: two-sided Wilcoxon signed-rank on per-case Dice against {reference}"
+    note = (f"Bold: best, underlined: second best per column. n: seeds finished. 95% CI: bootstrap over test cases "
+            f"of the mean per-case Dice; p: two-sided Wilcoxon signed-rank on per-case Dice against {reference}"
             f"{'' if reference == REFERENCE_METHOD else ' (TAK has no run yet; reference = best mean Dice)'}.")
+    footnotes = flag_note(dice) + others_note(selected)
     md = [f"# {study}: {title}".rstrip(": "), "", *[f"- **{k}**: {v}" for k, v in dice.header.items()], ""]
     if synthetic:
         md += ["> Our numbers come from a **synthetic** cohort; they are not comparable with the published "
                "numbers on real data below.", ""]
-    md += ["## Ours: Dice (%)", "", to_frame(dice, "markdown", stats).to_markdown(), "", note, "",
-           f"## Ours: ASD ({asd.header['protocol']})", "", to_frame(asd, "markdown").to_markdown(), ""]
+    md += ["## Ours: Dice (%)", "", to_frame(dice, "markdown", stats, asked).to_markdown(), "", note, "",
+           *[f"{line}\n" for line in footnotes],
+           f"## Ours: ASD ({asd.header['protocol']})", "", to_frame(asd, "markdown", None, asked).to_markdown(), ""]
     published = published_panel(table_number) if table_number is not None else None
     if published is not None:
         md += [f"## Published (TAK paper, Table {table_number}, real data; reference only)", "",
                published.to_markdown(floatfmt=".2f"), ""]
     paths = [out_dir / f"{study}.md", out_dir / f"{study}.csv", out_dir / f"{study}.tex", out_dir / f"{study}.png"]
     paths[0].write_text("\n".join(md))
-    paths[2].write_text(_latex(study, title, dice, asd, stats, published, note))
-    _render_png(paths[3], study, title, dice, to_frame(dice, "plain", stats), to_frame(asd), ranks(dice), ranks(asd),
-                published)
+    paths[2].write_text(_latex(study, title, dice, asd, stats, published, " ".join([note, *footnotes])))
+    _render_png(paths[3], study, title, dice, to_frame(dice, "plain", stats, asked), to_frame(asd, "plain", None, asked),
+                ranks(dice), ranks(asd), published, footnotes)
     return paths
 
 
@@ -215,7 +278,7 @@ ORGAN_REVERSE = {v: k for k, v in ORGAN_ABBREV.items()}
 
 def _render_png(path: Path, study: str, title: str, dice: RenderedTable, dice_cells: pd.DataFrame,
                 asd_cells: pd.DataFrame, dice_marks: pd.DataFrame, asd_marks: pd.DataFrame,
-                published: pd.DataFrame | None) -> None:
+                published: pd.DataFrame | None, footnotes: list[str] | None = None) -> None:
     panels = [(dice_cells, "Ours: Dice (%)  [dark green: best, light green: second]", "black", dice_marks),
               (asd_cells, f"Ours: ASD ({dice.header['protocol']}), lower is better", "black", asd_marks)]
     if published is not None:
@@ -227,5 +290,9 @@ def _render_png(path: Path, study: str, title: str, dice: RenderedTable, dice_ce
     fig.suptitle(f"{study}: {title}\n{header}", fontsize=9, x=0.01, ha="left")
     for ax, (frame, panel_title, color, marks) in zip(np.atleast_1d(axes), panels):
         _draw(ax, frame, panel_title, color, marks)
+    if footnotes:
+        import textwrap
+        text = "\n".join(textwrap.fill(line, 200) for line in footnotes)
+        fig.text(0.01, 0.0, text, fontsize=7, ha="left", va="top")
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

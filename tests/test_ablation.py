@@ -45,10 +45,10 @@ def test_lambda_c_sweep_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_pat
     assert set(runs["tags.base_method"]) == {"tak"} and runs["tags.run_key"].nunique() == 2
     values = {m: json.loads(v) for m, v in zip(runs["tags.method"], runs["tags.variant_value"])}
     assert values == {"tak-lc0": {"lambda_c": 0}, "tak-lc0.1": {"lambda_c": 0.1}}
-    assert set(runs["params.method_config.contrast_weight"]) == {"0", "0.1"}
+    assert set(runs["params.method_config.contrast_weight"]) == {"0.0", "0.1"}  # a float field
     assert runs["tags.text_encoder_sha256"].notna().all() and runs["tags.knowledge_sha256"].notna().all()
     out = tmp_path / "out"
-    assert main(["report", "ablation-lambda-c", "--profile", "smoke", "--out", str(out)]) == 0
+    assert main(["report", "ablation-lambda-c", "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(out)]) == 0
     md = (out / "ablation-lambda-c.md").read_text()
     assert "SYNTHETIC" in md and "Published (TAK paper" in md and "70.20" in md
     frame = pd.read_csv(out / "ablation-lambda-c.csv", index_col=0)
@@ -67,7 +67,7 @@ def test_encoder_ablation_lists_absent_weights(tiny_cohort: Path, mlflow_store: 
     runs = mlflow.search_runs(experiment_names=["ablation-encoder"], filter_string="attributes.status = 'FINISHED'")
     assert sorted(runs.loc[runs["tags.run_key"].notna(), "tags.method"]) == ["tak-minilm"]
     out = tmp_path / "out"
-    assert main(["report", "ablation-encoder", "--profile", "smoke", "--out", str(out)]) == 0
+    assert main(["report", "ablation-encoder", "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(out)]) == 0
     frame = pd.read_csv(out / "ablation-encoder.csv", index_col=0)
     assert frame.loc["tak-biomedclip", "status"].startswith("inputs absent")
     assert "inputs absent" in (out / "ablation-encoder.md").read_text()

@@ -62,7 +62,7 @@ def test_smoke_study_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_path: 
     assert "0 run(s) trained, 3 already finished" in out
     assert len(finished(mlflow_store)) == 3
 
-    assert main(["report", "table2", "--profile", "smoke", "--out", str(tmp_path / "out")]) == 0
+    assert main(["report", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "table2.md").read_text()
     for title in ("V-Net (fully)", "V-Net (labeled only)", "Mean Teacher"):
         assert title in md

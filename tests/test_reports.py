@@ -17,24 +17,31 @@ def store(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("reports")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--seeds", "0,1",
-                 "--methods", "supervised,cps", "--no-progress"]) == 0
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "fully,supervised,cps",
+                 "--no-progress"]) == 0
+    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+                 "--seeds", "1", "--no-progress"]) == 0  # ad hoc: smoke asks for seed 0
     assert main(["run", "table6", "--profile", "paper"]) == 0
     assert main(["data", "stats", str(tiny_cohort), "--out", str(root / "out" / "data")]) == 0
     yield root
     mp.undo()
 
 
-def test_table_formats_and_statistics(store: Path) -> None:
+def test_table_formats_and_statistics(store: Path, tiny_cohort: Path) -> None:
     out = store / "out" / "table2"
-    assert main(["report", "table2", "--profile", "smoke", "--out", str(out)]) == 0
+    assert main(["report", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(out)]) == 0
     md = (out / "table2.md").read_text()
     assert "95% CI" in md and "p vs" in md and "**" in md and "SYNTHETIC" in md
     assert "Published (TAK paper, Table 2" in md
     tex = (out / "table2.tex").read_text()
     assert "\\begin{table}" in tex and "\\textbf{" in tex
     numbers = pd.read_csv(out / "table2.csv", header=[0, 1], index_col=0)
-    assert list(numbers.index) == ["V-Net (labeled only)", "CPS"]
+    assert list(numbers.index) == ["V-Net (fully)", "V-Net (labeled only)", "CPS"]
+    assert numbers[("seeds", "finished")].tolist() == [1, 1, 1]  # the ad-hoc seed 1 is not averaged in
+    assert "Not part of this study (1 finished run(s)" in md and "supervised (seeds 1): seed not in the study" in md
+    flagged = numbers[("flag", "all_background")].fillna("")
+    for method in flagged[flagged != ""].index:  # e.g. CPS after 12 smoke iterations: shown, never marked
+        assert f"{method} †" in md and numbers.loc[method, ("asd", "All")] != numbers.loc[method, ("asd", "All")]
     assert numbers[("dice_all_ci", "low")].notna().all()
     assert (out / "table2.png").stat().st_size > 20_000
 
@@ -53,10 +60,11 @@ def test_cost_table_matches_published(store: Path, method: str) -> None:
     assert abs(params_ratio - 1) < 0.02 and abs(flops_ratio - 1) < 0.02
 
 
-def test_figures_and_index(store: Path) -> None:
+def test_figures_and_index(store: Path, tiny_cohort: Path) -> None:
     out = store / "out"
-    assert main(["figure", "fig6", "--study", "table2", "--profile", "smoke", "--out", str(out / "fig6")]) == 0
-    assert main(["figure", "fig1", "--study", "table2", "--profile", "smoke", "--out", str(out / "fig1")]) == 0
+    data = ["--data", str(tiny_cohort)]
+    assert main(["figure", "fig6", "--study", "table2", "--profile", "smoke", *data, "--out", str(out / "fig6")]) == 0
+    assert main(["figure", "fig1", "--study", "table2", "--profile", "smoke", *data, "--out", str(out / "fig1")]) == 0
     fig1 = pd.read_csv(out / "fig1" / "fig1.csv")
     assert len(fig1) == 15 and fig1["hull"].notna().sum() > 10
     from reports.index import render_index
@@ -83,3 +91,40 @@ def test_ranks_mark_best_and_second_with_ties() -> None:
     assert marks["RAG"].tolist() == [1, 0, 0]  # the tied bottom is not "second best"
     asd = RenderedTable("asd", mean, mean * 0, {}, pd.Series(["g"] * 3, index=mean.index), False)
     assert ranks(asd)["All"].tolist() == [1, 0, 2]
+
+
+def _runs_frame(rows: dict[str, dict[str, float]], all_background: dict[str, int]) -> pd.DataFrame:
+    """A search_runs-like frame: one run per method with Dice and ASD on two organs."""
+    organs = ["liver", "pancreas"]
+    records = []
+    for method, values in rows.items():
+        record = {"tags.method": method, "tags.method_title": method, "tags.method_group": "general", "tags.seed": "0",
+                  "tags.organs": ",".join(organs), "tags.large_organs": "liver", "tags.git_commit": "abc",
+                  "tags.git_dirty": "false", "tags.dataset_kind": "synthetic", "tags.dataset": "d",
+                  "params.labeled_ratio": "0.05", "tags.profile": "smoke", "tags.protocol": "dhc",
+                  "tags.asd_direction": "pred_to_gt", "tags.asd_units": "voxel", "tags.test_cases": "10",
+                  "tags.test_cases_total": "10", "metrics.test/cases_all_background": all_background.get(method, 0)}
+        for organ in organs:
+            record[f"metrics.test/dice/{organ}"] = values["dice"]
+            record[f"metrics.test/asd/{organ}"] = values["asd"]
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def test_an_all_background_row_is_flagged_and_never_marked_best() -> None:
+    from reports.tables import NOT_MEANINGFUL, build_table, to_frame
+    runs = _runs_frame({"Collapsed": {"dice": 99.0, "asd": 0.0}, "A": {"dice": 60.0, "asd": 5.0},
+                        "B": {"dice": 40.0, "asd": 9.0}}, {"Collapsed": 3})
+    dice, asd = build_table(runs, "dice"), build_table(runs, "asd")
+    assert set(dice.flagged) == {"Collapsed"} and "3 of 10" in dice.flagged["Collapsed"]
+    for table in (dice, asd):
+        marks = ranks(table)
+        assert (marks.loc["Collapsed"] == 0).all()  # never best nor second, in any column
+        assert (marks.loc["A"] == 1).all()  # the best of the others (ASD 5 beats 9, not the collapsed 0)
+    cells = to_frame(asd, "markdown")
+    assert list(cells.index) == ["A", "B", "Collapsed †"]  # same group: alphabetical
+    assert (cells.loc["Collapsed †", ["All", "Li", "Pa"]] == NOT_MEANINGFUL).all()
+    assert cells.loc["A", "All"] == "**5.00**"
+    # without the flag (an older run without the count) the reference rule would make it best
+    unflagged = build_table(runs.drop(columns="metrics.test/cases_all_background"), "asd")
+    assert ranks(unflagged).loc["Collapsed", "All"] == 1
