@@ -1,4 +1,9 @@
-"""Start, check and stop a real ``mlflow server`` (SQLite backend store, artifacts under ``mlruns/``).
+"""Start, check and stop a real ``mlflow server`` in front of the embedded store.
+
+By default the server serves the very store the harness writes without a server
+(``mlruns/mlflow.db``, artifacts under ``mlruns/artifacts``), so its UI shows the runs a user
+already has; ``--backend-store-uri`` (or ``MLFLOW_BACKEND_STORE_URI``) points it elsewhere, e.g. at
+PostgreSQL for many concurrent writers.
 
 ``python -m mlflow_server start`` launches the server in the background on 127.0.0.1, waits until
 ``GET /health`` answers ``OK``, writes a pid file and prints the URL to export as
@@ -32,7 +37,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000
     root: Path = PROJECT_ROOT / "mlruns"
-    backend_store_uri: str | None = None  # default: sqlite:///<root>/server.db
+    backend_store_uri: str | None = None  # default: sqlite:///<root>/mlflow.db (the embedded store)
     workers: int = 1
 
     @property
@@ -49,7 +54,12 @@ class ServerConfig:
 
     @property
     def backend(self) -> str:
-        return self.backend_store_uri or f"sqlite:///{self.root / 'server.db'}"
+        return self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        """Where runs logged through the server put artifacts: beside the embedded store's."""
+        return self.root / "artifacts"
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -79,7 +89,7 @@ def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
         raise ServerError(f"{config.url} already answers but was not started from {config.pid_file}; "
                           "choose another port (MLFLOW_PORT=...)")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.backend,
-               "--artifacts-destination", str(config.root / "server-artifacts"), "--host", config.host,
+               "--artifacts-destination", str(config.artifacts), "--host", config.host,
                "--port", str(config.port), "--workers", str(config.workers)]
     log = open(config.log_file, "ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

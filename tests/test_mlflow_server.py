@@ -21,12 +21,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+EMBEDDED_RUN = "made-without-a-server"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    config = ServerConfig(port=free_port(), root=tmp_path_factory.mktemp("mlflow-server"))
+    """A server started on a root that already holds an embedded store with one run (as `make mlflow`
+    finds mlruns/ after `make table2`)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    from benchmarks.tracking import ensure_experiment, setup_tracking
+    setup_tracking(f"sqlite:///{root / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=ensure_experiment("embedded"), run_name=EMBEDDED_RUN):
+        mlflow.log_metric("test/dice_mean", 12.5)
+        mlflow.log_text("case_id,dice\nx,12.5\n", "eval/per_case.csv")
+    config = ServerConfig(port=free_port(), root=root)
     url = start(config)
     yield config, url
     stop(config)
+
+
+def test_serves_the_embedded_store(server) -> None:
+    _, url = server
+    mlflow.set_tracking_uri(url)
+    runs = mlflow.search_runs(experiment_names=["embedded"])
+    assert list(runs["tags.mlflow.runName"]) == [EMBEDDED_RUN] and runs["metrics.test/dice_mean"].iloc[0] == 12.5
+    text = mlflow.artifacts.load_text(f"runs:/{runs['run_id'].iloc[0]}/eval/per_case.csv")
+    assert "x,12.5" in text
 
 
 def test_start_is_healthy_and_idempotent(server) -> None:
@@ -84,6 +104,23 @@ def test_four_concurrent_writers_lose_nothing(server, tmp_path: Path) -> None:
             history = client.get_metric_history(run.run_id, f"m{k}")
             assert sorted(m.step for m in history) == list(range(20))
             assert {m.value for m in history} == {worker * 1000 + r * 100 + s + k / 10 for s in range(20)}
+
+
+def test_two_launchers_through_the_server_train_a_cell_once(server, tiny_cohort: Path, tmp_path: Path) -> None:
+    from test_run_integrity import finish, launch, long_study, run_args
+    _, url = server
+    study = long_study(tmp_path, study="server-race")
+    env = {"MLFLOW_TRACKING_URI": url, "ORGANBENCH_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+           "ORGANBENCH_CLAIM_SETTLE_S": "1"}
+    outcomes = [finish(p) for p in [launch(run_args(study, tiny_cohort), env) for _ in range(2)]]
+    assert [c for c, _, _ in outcomes] == [0, 0], [e for _, _, e in outcomes]
+    mlflow.set_tracking_uri(url)
+    runs = mlflow.search_runs(experiment_names=["server-race"])
+    cells = runs[runs["tags.run_key"].notna()]
+    assert (cells["status"] == "FINISHED").sum() == 1
+    summaries = [out.strip().splitlines()[-1] for _, out, _ in outcomes]
+    assert sum("1 run(s) trained" in s for s in summaries) == 1, summaries
+    assert sum("running elsewhere" in s or "1 already finished" in s for s in summaries) == 1, summaries
 
 
 def test_stop_ends_exactly_that_process(tmp_path: Path) -> None:
