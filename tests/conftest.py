@@ -21,9 +21,28 @@ def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_cohort, tmp_path / "cohort"))
 
 
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file holding MLflow's schema and no run (the migrations take seconds: run them once)."""
+    from mlflow.tracking import MlflowClient
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite MLflow store, exported as MLFLOW_TRACKING_URI."""
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store_file: Path) -> str:
+    """A fresh SQLite MLflow store (a copy of the empty template), exported as MLFLOW_TRACKING_URI."""
+    shutil.copyfile(empty_store_file, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def isolated_run_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Checkpoints under the test's own folder; a short claim settle time (the concurrency tests set
+    the default back)."""
+    monkeypatch.setenv("ORGANBENCH_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("ORGANBENCH_CLAIM_SETTLE_S", "0.2")
+    return tmp_path / "checkpoints"
