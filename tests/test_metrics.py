@@ -99,3 +99,58 @@ def test_unknown_protocol_lists_known() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="shape"):
         evaluate_case(np.zeros((4, 4, 4), int), np.zeros((4, 4, 5), int), 2, PROTOCOLS["dhc"])
+
+
+@pytest.mark.parametrize("spacing", [None, (2.0, 0.8, 0.8)])
+def test_hd95_and_hd_match_medpy(spacing: tuple[float, ...] | None) -> None:
+    from benchmarks.metrics import surface_metrics
+    pred = blob((30, 34, 28), (14, 16, 13), 8, 0)
+    gt = blob((30, 34, 28), (16, 15, 14), 9, 1)
+    found = surface_metrics(pred, gt, spacing)
+    assert found["hd95"] == pytest.approx(medpy_binary.hd95(pred, gt, spacing), rel=1e-12)
+    assert found["hd"] == pytest.approx(medpy_binary.hd(pred, gt, spacing), rel=1e-12)
+    assert found["asd"] == pytest.approx(medpy_binary.asd(pred, gt, spacing), rel=1e-12)
+    assert found["hd95"] < found["hd"]
+
+
+@pytest.mark.parametrize(("tolerance", "spacing"), [(1.0, None), (2.0, None), (1.5, (2.0, 0.8, 0.8))])
+def test_nsd_matches_monai(tolerance: float, spacing: tuple[float, ...] | None) -> None:
+    import torch
+    from monai.metrics import compute_surface_dice
+    from benchmarks.metrics import surface_metrics
+    pred = blob((30, 34, 28), (14, 16, 13), 8, 0)
+    gt = blob((30, 34, 28), (16, 15, 14), 9, 1)
+    found = surface_metrics(pred, gt, spacing, tolerance=tolerance)["nsd"]
+    one_hot = lambda m: torch.from_numpy(np.stack([~m, m]))[None].float()  # noqa: E731
+    expected = compute_surface_dice(one_hot(pred), one_hot(gt), [tolerance], spacing=spacing or 1.0).item()
+    assert found == pytest.approx(100 * expected, rel=1e-6)
+    assert 0 < found < 100
+
+
+def test_dhc_ntimes_is_the_reference_rule_by_hand() -> None:
+    """DHC's evaluate_Ntimes: class 2 absent from both masks scores Dice 1 (not 100) on the 0-100
+    scale; an all-background prediction is scored class by class (0 and 128), not as zeros."""
+    gt = np.zeros((10, 10, 10), int)
+    gt[2:6, 2:6, 2:6] = 1
+    pred = gt.copy()
+    faithful, corrected = get_protocol("dhc_ntimes"), get_protocol("dhc")
+    d, a = evaluate_case(pred, gt, 3, faithful)
+    assert d.tolist() == [100.0, 1.0] and a.tolist() == [0.0, 0.0]
+    d, a = evaluate_case(pred, gt, 3, corrected)
+    assert d.tolist() == [100.0, 100.0]
+    d, a = evaluate_case(np.zeros_like(gt), gt, 3, faithful)
+    assert d.tolist() == [0.0, 1.0] and a.tolist() == [128.0, 0.0]
+    d, a = evaluate_case(np.zeros_like(gt), gt, 3, corrected)
+    assert d.tolist() == [0.0, 0.0] and a.tolist() == [0.0, 0.0]
+
+
+def test_case_metrics_empty_rules_for_the_new_metrics() -> None:
+    from benchmarks.metrics import case_metrics
+    gt = np.zeros((10, 10, 10), int)
+    gt[2:6, 2:6, 2:6] = 1
+    pred = gt.copy()
+    pred[7:9, 7:9, 7:9] = 2  # class 2 predicted, absent from the GT
+    m = case_metrics(pred, gt, 4, get_protocol("dhc"))
+    assert m["nsd"].tolist() == [100.0, 0.0, 100.0] and m["hd"].tolist() == [0.0, 128.0, 0.0]
+    native = case_metrics(pred, gt, 4, get_protocol("native"), spacing=(1.0, 1.0, 1.0))
+    assert native["nsd"][0] == 100.0 and np.isnan(native["hd95"][1:]).all()
