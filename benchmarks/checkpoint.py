@@ -65,6 +65,7 @@ class TrainingState:
     curve: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
     run_id: str = ""  # the MLflow run (attempt) that wrote it
+    selection: dict[str, Any] = field(default_factory=dict)  # the model selector's history and best network
 
 
 class CheckpointStore:

@@ -1,6 +1,7 @@
 """Two-stream batching with random crops, the training loop (poly LR, progress) and seeding."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from typing import Any, Callable, Sequence
@@ -37,6 +38,9 @@ def random_crop(image: np.ndarray, label: np.ndarray | None, patch: Sequence[int
     return image[window], None if label is None else label[window]
 
 
+AUGMENTATIONS: dict[str, tuple[int, ...]] = {"none": (), "flip_xy": (0, 1)}  # name -> flipped axes (x, y)
+
+
 class _PermutationStream:
     """Endless concatenation of random permutations of ``range(n)``, drawn from ``rng`` when the
     previous one is used up (the TwoStreamBatchSampler of the references). Its position is plain
@@ -66,16 +70,23 @@ class TwoStreamSampler:
     Both streams walk through random permutations (the TwoStreamBatchSampler of the references:
     every case is seen once per pass). ``policy`` (the method's ``batch_policy``): ``two_stream``
     as above; ``labeled_only`` drops the unlabeled crops; ``all_labeled`` fills every slot with a
-    labeled crop. :meth:`state` / :meth:`load_state` capture the generator and both stream
-    positions (training resumes with the very batches it would have drawn).
+    labeled crop. ``augmentation`` (a named protocol, recorded on the run): ``none`` (TAK, GA:
+    random crops only) or ``flip_xy`` (the DHC family: every crop, labeled or unlabeled, flipped
+    along each in-plane axis, x and y, with probability 0.5). All draws come from the sampler's
+    generator: :meth:`state` / :meth:`load_state` capture it and both stream positions (training
+    resumes with the very batches it would have drawn).
     """
 
     def __init__(self, labeled: Sequence[Case], unlabeled: Sequence[Case], labeled_bs: int, unlabeled_bs: int,
-                 patch: Sequence[int], seed: int, policy: str = "two_stream", device: str = "cpu") -> None:
+                 patch: Sequence[int], seed: int, policy: str = "two_stream", device: str = "cpu",
+                 augmentation: str = "none") -> None:
         if not labeled:
             raise ValueError("no labeled cases to train on")
         if policy not in ("two_stream", "labeled_only", "all_labeled"):
             raise ValueError(f"unknown batch policy {policy!r}")
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}; known: {sorted(AUGMENTATIONS)}")
+        self.augmentation = augmentation
         if policy == "two_stream" and unlabeled_bs and not unlabeled:
             raise ValueError("the method needs unlabeled cases but the split has none")
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
@@ -102,9 +113,13 @@ class TwoStreamSampler:
         for _ in range(n):
             case = cases[next(ids)]
             image, label = random_crop(case.image, case.label if with_labels else None, self.patch, self.rng)
-            images.append(image)
+            for axis in AUGMENTATIONS[self.augmentation]:
+                if self.rng.random() < 0.5:
+                    image = np.flip(image, axis)
+                    label = None if label is None else np.flip(label, axis)
+            images.append(np.ascontiguousarray(image))
             if with_labels:
-                labels.append(label)
+                labels.append(np.ascontiguousarray(label))
         x = torch.from_numpy(np.stack(images)[:, None]) if images else torch.zeros((0, 1, *self.patch))
         y = torch.from_numpy(np.stack(labels).astype(np.int64)) if labels else torch.zeros((0, *self.patch), dtype=torch.long)
         return x.to(self.device), y.to(self.device)
@@ -117,6 +132,28 @@ class TwoStreamSampler:
 
 class TrainingDiverged(OrganbenchError):
     """A loss became NaN or infinite."""
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision: none for ``fp32``, float16 (CUDA only) or bfloat16."""
+    kind = torch.device(device).type
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and kind != "cuda":
+        raise OrganbenchError("precision fp16 needs CUDA (autocast + GradScaler, as the TAK and DHC references); "
+                              "use bf16 on the CPU")
+    if precision not in PRECISIONS:
+        raise OrganbenchError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return torch.autocast(kind, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def prepare_precision(method: Method, precision: str) -> None:
+    """Give ``method`` a gradient scaler under fp16 (the references' torch.cuda.amp recipe)."""
+    if precision == "fp16":
+        method.grad_scaler = torch.amp.GradScaler(method.device.type)
 
 
 class StopRequested(Exception):
@@ -132,24 +169,28 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
           on_log: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
           description: str = "train", start_step: int = 0, checkpoint_every: int = 0,
           on_checkpoint: Callable[[int], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+          should_stop: Callable[[], bool] | None = None, precision: str = "fp32",
+          after_step: Callable[[int], bool] | None = None) -> dict[str, float]:
     """Run steps ``start_step .. iterations - 1`` with poly LR decay over the budget; returns the last logs.
 
     ``on_log(step, logs)`` receives the logs (plus ``lr``) every ``log_every`` steps and at the end.
     ``on_checkpoint(next_step)`` is called after every ``checkpoint_every``-th step (not after the
     last) with the number of steps done, and, when ``should_stop()`` turns true, once more before
     :class:`StopRequested` is raised: the saved state is always that of a step boundary.
+    ``precision``: each step runs under :func:`autocast`. ``after_step(done)`` runs after every step
+    (model selection validates there) and returns True to end training early (early stopping).
     """
     logs: dict[str, float] = {}
     bar = tqdm(range(start_step, iterations), desc=description, disable=not progress, leave=False,
-               dynamic_ncols=True, initial=start_step, total=iterations)
+               dynamic_ncols=True, initial=start_step, total=iterations, position=1, unit="it")
     for step in bar:
         lr = poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
                      method.config.poly_power)
         for opt in method.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
-        logs = {**method.train_step(sampler.next(), step), "lr": lr}
+        with autocast(method.device, precision):
+            logs = {**method.train_step(sampler.next(), step), "lr": lr}
         if not all(math.isfinite(v) for v in logs.values()):
             raise TrainingDiverged(f"{method.name}: non-finite loss at step {step}: {logs}")
         if step % 5 == 0:
@@ -157,6 +198,9 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
         if on_log and (step % log_every == 0 or step == iterations - 1):
             on_log(step, logs)
         done = step + 1
+        if after_step is not None and after_step(done) and done < iterations:
+            bar.close()
+            return logs
         if done < iterations and should_stop is not None and should_stop():
             if on_checkpoint:
                 on_checkpoint(done)

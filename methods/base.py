@@ -69,6 +69,8 @@ class Method(abc.ABC):
             fully supervised upper bound).
         unsupervised_weight_field: name of the config field that weights the unlabeled-data loss
             (the conformance tests zero it to check that the term sends a gradient).
+        reference_selection / reference_augmentation: the names of the reference code's model
+            selection rule and augmentation (used when a study asks for ``reference``).
         version: the behaviour version, part of every run key. Bump it in the method's module
             whenever a change alters what the method computes (a fixed bug, a new default): runs of
             the old behaviour are then trained again instead of being reused. ``tests/golden/``
@@ -84,6 +86,11 @@ class Method(abc.ABC):
     batch_policy: ClassVar[Literal["two_stream", "labeled_only", "all_labeled"]] = "two_stream"
     label_pool: ClassVar[Literal["labeled", "all"]] = "labeled"
     unsupervised_weight_field: ClassVar[str | None] = None  # config field scaling the unlabeled loss
+    # The reference repository's model selection and augmentation (benchmarks.selection, the sampler),
+    # used when a study asks for ``reference``: the DHC family validates on centre crops with early
+    # stopping and flips crops in-plane; the magic-cube family (MagicNet, GA, TAK) only crops.
+    reference_selection: ClassVar[str] = "dhc"
+    reference_augmentation: ClassVar[str] = "flip_xy"
 
     def __init__(self, config: MethodConfig, num_classes: int, max_iterations: int, in_channels: int = 1,
                  device: str | torch.device = "cpu", patch: Sequence[int] | None = None,
@@ -146,6 +153,24 @@ class Method(abc.ABC):
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
                                weight_decay=c.weight_decay)
 
+    grad_scaler: "torch.amp.GradScaler | None" = None  # set by the harness under fp16 (CUDA)
+
+    def backward_step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer] | None = None) -> None:
+        """Zero the gradients, back-propagate ``loss`` and step ``optimizers`` (default: all), through
+        the gradient scaler when the harness trains in fp16."""
+        optimizers = list(self.optimizers if optimizers is None else optimizers)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.grad_scaler is None:
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            return
+        self.grad_scaler.scale(loss).backward()
+        for opt in optimizers:
+            self.grad_scaler.step(opt)
+        self.grad_scaler.update()
+
     def modules(self) -> dict[str, nn.Module]:
         """Every ``nn.Module`` attribute (networks, teachers), by attribute name."""
         return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
@@ -156,15 +181,20 @@ class Method(abc.ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers and any extra state of the method (for checkpoints)."""
-        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "extra": self.extra_state()}
+        state = {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                 "optimizers": [o.state_dict() for o in self.optimizers],
+                 "extra": self.extra_state()}
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, m in self.modules().items():
             m.load_state_dict(state["modules"][k])
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.load_extra_state(state["extra"])
 
     @classmethod

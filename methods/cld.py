@@ -7,11 +7,18 @@ confidence bank (mean softmax of class c over ground-truth-c voxels, refreshed e
 ``confs_iter`` iterations with momentum 0.999) gives sampling rates
 ``s_c = ((1 - conf_c) / max_k (1 - conf_k))^0.5``; a voxel predicted c by its own network is kept
 with probability ``s_c``.
+
+Departures from the reference (spec 4.8):
+- ``bank_absent``: the reference sets the confidence of a class absent from an update window's
+  ground truth to 0; by default it keeps its previous value (``bank_absent: zero`` is faithful).
+- The class weight of a class with no voxel in the labeled set is infinite in the reference
+  (``max f / 0``); here such a class counts as one voxel, a large finite weight, so that the
+  weighted losses stay finite (no flag: an infinite weight turns every loss into NaN).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,13 +37,16 @@ class CLDConfig(CoTrainingConfig):
     bank_momentum: float = 0.999
     sampling_power: float = 0.5
     weight_power: float = 1 / 3
+    bank_absent: Literal["keep", "zero"] = "keep"
+    """A class with no ground-truth voxel in an update window: ``keep`` its confidence (corrected), or
+    ``zero`` it (the reference: an absent class then looks maximally uncertain and is sampled most)."""
 
 
 class ConfidenceBank:
     """Per-class mean probability on ground-truth voxels, accumulated then EMA-updated."""
 
-    def __init__(self, initial: torch.Tensor, every: int, momentum: float) -> None:
-        self.conf, self.every, self.momentum = initial.clone(), every, momentum
+    def __init__(self, initial: torch.Tensor, every: int, momentum: float, absent: str = "keep") -> None:
+        self.conf, self.every, self.momentum, self.absent = initial.clone(), every, momentum, absent
         self.sums = torch.zeros_like(initial)
         self.counts = torch.zeros_like(initial)
         self.seen, self.updated = 0, False
@@ -51,7 +61,8 @@ class ConfidenceBank:
         self.seen += 1
         if self.seen % self.every == 0:
             present = self.counts > 0
-            new = torch.where(present, self.sums / self.counts.clamp(min=1), self.conf)
+            fallback = self.conf if self.absent == "keep" else torch.zeros_like(self.conf)
+            new = torch.where(present, self.sums / self.counts.clamp(min=1), fallback)
             self.conf = new if not self.updated else self.momentum * self.conf + (1 - self.momentum) * new
             self.updated = True
             self.sums.zero_()
@@ -73,7 +84,8 @@ class CLD(TwoNetMethod):
     def build(self) -> None:
         super().build()
         initial = torch.rand(self.num_classes, dtype=torch.float64)  # B starts from A's random init
-        self.banks = [ConfidenceBank(initial, self.config.confs_iter, self.config.bank_momentum) for _ in range(2)]
+        self.banks = [ConfidenceBank(initial, self.config.confs_iter, self.config.bank_momentum,
+                                     self.config.bank_absent) for _ in range(2)]
         self.class_weights = torch.ones(self.num_classes)
 
     def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:

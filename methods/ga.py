@@ -40,6 +40,8 @@ class GAConfig(MagicCubeConfig):
 class GA(MagicNet):
     title = "GA"
     version = "1"  # bump when what this method computes changes (part of the run key)
+    reference_selection = "ga"
+    reference_augmentation = "none"
     group = "imbalance"
     Config = GAConfig
     config: GAConfig

@@ -97,6 +97,8 @@ class MagicModel(nn.Module):
 class MagicNet(Method):
     title = "MagicNet"
     version = "1"  # bump when what this method computes changes (part of the run key)
+    reference_selection = "magicnet"
+    reference_augmentation = "none"
     group = "imbalance"
     Config = MagicCubeConfig
     unsupervised_weight_field = "consistency"
@@ -234,9 +236,7 @@ class MagicNet(Method):
         forward = self.forward_losses(batch, step)
         extra, extra_logs = self.extra_losses(forward, step)
         loss = forward.loss + extra
-        self.optimizers[0].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers[0].step()
+        self.backward_step(loss)
         ema_update(self.teacher, self.student, step, self.config.ema_decay)
         return {"loss": loss.item(), **forward.logs, **extra_logs}
 

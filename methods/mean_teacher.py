@@ -58,10 +58,7 @@ class MeanTeacher(Method):
 
     def step_optimizer(self, loss: torch.Tensor, ema_counter: int) -> None:
         """Backward, SGD step, then the EMA update of the teacher with ``ema_counter``."""
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.backward_step(loss)
         ema_update(self.teacher, self.student, ema_counter, self.config.ema_decay)
 
     def student_forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,10 +37,7 @@ class Supervised(Method):
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self.net.train()
         loss = dice_and_ce(self.net(batch.image_l), batch.label_l)
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.backward_step(loss)
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -113,3 +113,58 @@ def test_synapse_release_is_prepared_under_the_dhc_protocol(tmp_path: Path) -> N
     assert case.image.shape == (61, 50, 112) and info.intensity_norm == "minmax"
     assert case.image.min() == 0.0 and case.image.max() == 1.0
     assert info.num_classes == 14 and (case.label == 10).any()  # portal & splenic veins
+
+
+@pytest.fixture(scope="module")
+def prepared_study_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real CT as a tiny AMOS-format release with every split a study reads: labeled 9001,
+    unlabeled 9004 (train = both), eval 9002, test 9003; prepared under the GA protocol."""
+    root = tmp_path_factory.mktemp("paper-path")
+    src, definition = root / "src", root / "definition"
+    for part in ("imagesTr", "labelsTr", "imagesVa", "labelsVa"):
+        (src / part).mkdir(parents=True)
+    (definition / "splits").mkdir(parents=True)
+    shutil.copy(DEFINITION / "dataset.json", definition / "dataset.json")
+    splits = {"labeled_5p": ["amos_9001"], "unlabeled_5p": ["amos_9004"], "train": ["amos_9001", "amos_9004"],
+              "eval": ["amos_9002"], "test": ["amos_9003"]}
+    for case_id, part in (("amos_9001", "Tr"), ("amos_9004", "Tr"), ("amos_9002", "Tr"), ("amos_9003", "Va")):
+        shutil.copy(CT, src / f"images{part}" / f"{case_id}.nii.gz")
+        shutil.copy(LABEL, src / f"labels{part}" / f"{case_id}.nii.gz")
+    for name, ids in splits.items():
+        (definition / "splits" / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    return prepare_amos(src, root / "prepared", definition, "ga")
+
+
+def test_paper_path_on_the_real_ct(prepared_study_release: Path, tmp_path: Path, mlflow_store: str) -> None:
+    """The paper profile, reduced to a 32^3 patch, 4 filters, 4 iterations and the CPU: best_on_eval
+    selection, in-plane flips and bf16 autocast; it trains, selects on the eval case, evaluates the
+    test case and renders a table whose header names the three choices."""
+    import dataclasses
+
+    import mlflow
+
+    from benchmarks.config import load_profile, load_study
+    from benchmarks.plan import StudyPlan
+    from benchmarks.runner import StudyRunner
+    from reports.tables import render_dice_tables
+    profile = dataclasses.replace(load_profile("paper"), patch=(32, 32, 32), eval_stride=(32, 32, 16), device="cpu",
+                                  precision="bf16", checkpoint_every=0,
+                                  method_overrides={"base_filters": 4, "dropout": False, "cube_grid": (2, 2, 1)})
+    raw = {**vars(load_study("table2"))}
+    study = dataclasses.replace(load_study("table2"), methods=["mean_teacher"],
+                                budget={**raw["budget"], "paper": 4}, seeds={**raw["seeds"], "paper": [0]},
+                                model_selection={"paper": "best_on_eval"}, augmentation={"paper": "flip_xy"})
+    results = StudyRunner(study, profile, data_dir=prepared_study_release, progress=False).run()
+    assert [r["status"] for r in results] == ["trained"]
+    runs = mlflow.search_runs(experiment_names=["table2"], filter_string="attributes.status = 'FINISHED'")
+    runs = runs[runs["tags.run_key"].notna()]
+    assert set(runs["tags.model_selection"]) == {"best_on_eval"} and set(runs["tags.augmentation"]) == {"flip_xy"}
+    assert set(runs["tags.precision"]) == {"bf16"} and set(runs["tags.dataset_kind"]) == {"real"}
+    assert runs["tags.selected_iteration"].astype(int).between(1, 4).all()
+    history = mlflow.MlflowClient().get_metric_history(runs["run_id"].iloc[0], "val/dice_mean")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # validated on the eval case after every step
+    assert (runs["params.model_selection.split"] == "eval").all()
+    cells = [{"method": c.method, "seed": str(c.seed), "run_key": c.run_key}
+             for c in StudyPlan(study, profile, data_dir=prepared_study_release, progress=False).study_cells()]
+    md = render_dice_tables("table2", "paper", tmp_path / "out", 2, "paper path", cells=cells)[0].read_text()
+    assert "best_on_eval / flip_xy / bf16" in md and "amos (real)" in md

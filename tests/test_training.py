@@ -55,3 +55,39 @@ def test_divergence_is_an_error() -> None:
     sampler = TwoStreamSampler(cases(2, (16, 16, 16)), [], 2, 2, (16, 16, 16), seed=0, policy="labeled_only")
     with pytest.raises(TrainingDiverged, match="non-finite"):
         train(method, sampler, 20, progress=False)
+
+
+def test_flip_xy_flips_each_in_plane_axis_with_probability_half_reproducibly() -> None:
+    """Marked volumes reveal each crop's flips; both streams are augmented; the seed fixes them."""
+    shape = (16, 16, 16)
+    base = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    marked = [Case("m", base.copy(), (base % 7).astype(np.uint8), (1.0, 1.0, 1.0))]
+    unlabeled = [Case("u", base.copy() + 1e5, np.zeros(shape, np.uint8), (1.0, 1.0, 1.0))]
+
+    def flips(seed: int, n: int = 200) -> list[tuple[bool, bool, bool]]:
+        sampler = TwoStreamSampler(marked, unlabeled, 1, 1, shape, seed=seed, augmentation="flip_xy")
+        out = []
+        for _ in range(n):
+            batch = sampler.next()
+            for crop, offset in ((batch.image_l[0, 0].numpy(), 0.0), (batch.image_u[0, 0].numpy(), 1e5)):
+                found = next((fx, fy, fz) for fx in (0, 1) for fy in (0, 1) for fz in (0,)
+                             if np.array_equal(crop - offset, np.flip(base, [a for a, f in ((0, fx), (1, fy)) if f])))
+                out.append((bool(found[0]), bool(found[1]), bool(found[2])))
+            label = batch.label_l[0].numpy()
+            assert np.array_equal(label, (batch.image_l[0, 0].numpy() % 7).astype(np.int64))  # image and label together
+        return out
+
+    drawn = flips(0)
+    rate_x = np.mean([f[0] for f in drawn])
+    rate_y = np.mean([f[1] for f in drawn])
+    assert 0.4 < rate_x < 0.6 and 0.4 < rate_y < 0.6  # 400 crops: p 0.5 per axis
+    assert not any(f[2] for f in drawn)  # never along z
+    assert drawn == flips(0) and drawn != flips(1)  # reproduced from the seed
+
+
+def test_no_augmentation_draws_nothing_extra() -> None:
+    a = TwoStreamSampler(cases(4), cases(6, offset=10), 2, 2, (16, 16, 16), seed=5)
+    b = TwoStreamSampler(cases(4), cases(6, offset=10), 2, 2, (16, 16, 16), seed=5, augmentation="none")
+    for _ in range(3):
+        x, y = a.next(), b.next()
+        assert torch.equal(x.image_l, y.image_l) and torch.equal(x.image_u, y.image_u)

@@ -47,11 +47,8 @@ class TwoNetMethod(Method):
         return self.net_a(x), self.net_b(x)
 
     def optimise(self, loss: torch.Tensor) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in self.optimizers:
-            opt.step()
+        """One step of both networks' optimisers on the joint loss."""
+        self.backward_step(loss)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

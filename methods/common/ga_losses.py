@@ -1,7 +1,8 @@
 """MagicNet's Dice and the Gradient-Aware losses of GA (Qi et al., ECCV 2024; spec 1.3b-d).
 
-All take probabilities or logits ``(B, C, D, H, W)`` and integer labels ``(B, D, H, W)``; sums run
-over the whole batch (batch Dice), background included.
+All take probabilities or logits ``(B, C, D, H, W)`` and integer labels ``(B, D, H, W)``; the Dice
+terms also accept ``(B, 1, D, H, W)`` labels, the form the references' pseudo-label calls pass. Sums
+run over the whole batch (batch Dice), background included.
 
 >>> probs = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1, 1).expand(1, 2, 2, 1, 1).contiguous()
 >>> labels = torch.zeros(1, 2, 1, 1, dtype=torch.long)   # class 1 absent from the batch
@@ -18,9 +19,16 @@ from methods.common.losses import one_hot
 _EPS = 1e-10
 
 
+def _labels(labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """``(B, D, H, W)`` labels from ``(B, D, H, W)`` or ``(B, 1, D, H, W)``."""
+    if labels.dim() == probs.dim() and labels.shape[1] == 1:
+        return labels[:, 0]
+    return labels
+
+
 def magic_dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """MagicNet ``DiceLoss``: ``mean_c [1 - (2 sum p_c g_c + e) / (sum p_c^2 + sum g_c^2 + e)]``, every class."""
-    target = one_hot(labels, probs.shape[1])
+    target = one_hot(_labels(labels, probs), probs.shape[1])
     dims = (0, 2, 3, 4)
     inter = (probs * target).sum(dims)
     dice = (2 * inter + _EPS) / ((probs * probs).sum(dims) + target.sum(dims) + _EPS)
@@ -31,7 +39,7 @@ def ga_dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """GADice: MagicNet's Dice term for classes present in the batch target; for a class absent from
     the whole batch, ``sum_v sg(p_v / N) p_v`` (value ``mean(p^2)``, gradient ``p_v / N``: absent
     classes are pushed down in proportion to their probability instead of receiving no gradient)."""
-    target = one_hot(labels, probs.shape[1])
+    target = one_hot(_labels(labels, probs), probs.shape[1])
     dims = (0, 2, 3, 4)
     present = target.sum(dims) > 0
     inter = (probs * target).sum(dims)
