@@ -1,0 +1,134 @@
+"""Dispatching a study's cells: one function trains one cell (:func:`train_cell`), whichever engine runs it.
+
+The sequential launcher (the default) calls :meth:`benchmarks.runner.StudyRunner.run_cell` cell after
+cell. :func:`run_on_ray` submits every unfinished cell as a Ray task (``ray.remote`` with the
+profile's ``cpus_per_cell`` / ``gpus_per_cell``); a task receives everything explicitly in a
+:class:`CellSpec` (tracking URI, experiment id, parent run id, checkpoint folder), never through
+the worker's environment. Cells are claimed in the tracking store as in the sequential launcher, so
+two drivers on one study train each cell once. Ray re-runs a task whose worker died
+(``max_retries``); the retry takes the dead claim over and resumes from the cell's checkpoint (the
+checkpoint folder must be reachable from every node). A task that raises (bad configuration,
+diverged loss) is not retried: its cell is reported failed with the reason, the others go on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.config import Profile, Study
+from benchmarks.errors import ConfigError, TrackingError
+
+if TYPE_CHECKING:
+    from benchmarks.runner import Launch, StudyRunner
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a worker needs to train one cell (picklable; no reliance on the worker's environment)."""
+
+    study: Study
+    profile: Profile
+    method: str
+    seed: int
+    run_key: str
+    data_dir: str | None
+    tracking_uri: str
+    experiment_id: str
+    parent_id: str | None
+    checkpoint_dir: str
+    keep_checkpoints: bool
+
+
+def train_cell(spec: CellSpec) -> dict[str, Any]:
+    """Train, evaluate and log one cell (claiming it first); returns its outcome dict.
+
+    The worker resolves the study itself and checks that it derives the very run key the driver
+    sent (a worker on other code or other data would otherwise train a different cell)."""
+    from benchmarks.claims import Heartbeat
+    from benchmarks.interrupt import StopSignals
+    from benchmarks.runner import StudyRunner
+    runner = StudyRunner(spec.study, spec.profile, [spec.method], [spec.seed], spec.data_dir, progress=False,
+                         tracking_uri=spec.tracking_uri, checkpoint_dir=spec.checkpoint_dir,
+                         keep_checkpoints=spec.keep_checkpoints)
+    cells = [c for c in runner.cells() if c.run_key == spec.run_key]
+    if not cells:
+        raise ConfigError(f"worker derived other run keys than the driver for {spec.method} seed {spec.seed} "
+                          f"(expected {spec.run_key}): is it running other code or other data?")
+    with Heartbeat(runner.tracking_uri) as heartbeat, StopSignals() as signals:
+        return runner.run_cell(cells[0], spec.experiment_id, spec.parent_id, heartbeat, signals)
+
+
+def _check_tracking_for_cluster(uri: str, nodes: int) -> None:
+    if nodes > 1 and not uri.startswith(("http://", "https://")):
+        raise TrackingError(f"a Ray cluster of {nodes} nodes needs one MLflow tracking server, not {uri}: start one "
+                            "(make mlflow, or --start-server) and set MLFLOW_TRACKING_URI to its URL")
+
+
+def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, max_retries: int = 2,
+               local_cpus: int | None = None) -> list[dict[str, Any]]:
+    """Submit every unfinished cell of ``launch`` as a Ray task and wait for them all.
+
+    Args:
+        address: an existing Ray cluster (``ray start --head`` prints it); None starts a local instance.
+        max_retries: re-runs of a task whose worker process died (a raised exception is not retried).
+        local_cpus: CPUs of the local instance (default: the machine's).
+    """
+    import ray
+    from tqdm import tqdm
+
+    from benchmarks.runner import say
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    _check_tracking_for_cluster(runner.tracking_uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    profile = runner.profile
+    task = ray.remote(num_cpus=profile.cpus_per_cell, num_gpus=profile.gpus_per_cell,
+                      max_retries=max_retries)(train_cell)
+    data_dir = str(runner.dataset.root)
+    futures = {}
+    for cell in launch.todo:
+        spec = CellSpec(runner.study, profile, cell.method, cell.seed, cell.run_key, data_dir, runner.tracking_uri,
+                        launch.experiment_id, launch.parent_id, str(runner.checkpoints.root), runner.keep_checkpoints)
+        futures[task.remote(spec)] = cell
+    results = []
+    bar = tqdm(total=len(futures), desc=f"{runner.study.study} [{profile.name}] cells on Ray", unit="cell",
+               disable=not runner.progress, dynamic_ncols=True,
+               bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining} {postfix}")
+    pending, failed, started = list(futures), 0, time.time()
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            cell = futures[done[0]]
+            try:
+                outcome = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # raised inside the task: not transient
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                outcome = runner._outcome(cell, "failed", "", reason=f"{type(cause).__name__}: {cause}")
+                say(f"[failed] {cell.name}: {outcome['reason']}")
+            except ray.exceptions.RayError as exc:  # the worker died more often than max_retries
+                outcome = runner._outcome(cell, "failed", "", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                say(f"[failed] {cell.name}: {outcome['reason']}")
+            failed += outcome["status"] == "failed"
+            results.append(outcome)
+            bar.set_postfix_str(f"failed {failed}, running {min(len(pending), _slots(profile))}")
+            bar.update()
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+    say(f"[ray] {len(results)} cell(s) in {time.time() - started:.0f} s: "
+        + ", ".join(f"{sum(r['status'] == s for r in results)} {s}" for s in ("trained", "finished", "busy", "failed")))
+    return results
+
+
+def _slots(profile: Profile) -> int:
+    """Cells that can run at once on the Ray instance (by the resources each asks for)."""
+    import ray
+    resources = ray.cluster_resources()
+    by_cpu = int(resources.get("CPU", 1) // max(profile.cpus_per_cell, 1e-9))
+    by_gpu = int(resources.get("GPU", 0) // profile.gpus_per_cell) if profile.gpus_per_cell else by_cpu
+    return max(1, min(by_cpu, by_gpu))
+
