@@ -9,11 +9,13 @@ SEEDS ?=
 DATA ?=
 MLFLOW_PORT ?= 5000
 DATA_ARG = $(if $(DATA),--data $(DATA))
-RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG)
+LAUNCHER ?= sequential
+RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG) \
+	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS))
 
 .PHONY: setup test bench list-methods clean-reports mlflow mlflow-stop mlflow-status \
 	table1 table2 table3 table4 table6 fig1 fig6 index reports \
-	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder
+	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check gpu-check
 
 setup: $(STAMP)
 
@@ -40,7 +42,8 @@ table1 table2 table3 table4: setup
 	$(PY) -m benchmarks index
 
 # The TAK ablations (Tables 5, 7, 8, 9): variants of `tak`, rendered beside the published values.
-ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder: setup
+# budget-check: every Table 2 method at B/2, B and 2B (seed 0): is the ranking a budget artefact?
+ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check: setup
 	$(PY) -m benchmarks run $@ $(RUN_ARGS)
 	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
@@ -63,6 +66,10 @@ fig6: table2
 
 index: setup
 	$(PY) -m benchmarks index
+
+# On a machine with a GPU: every method at the paper profile's patch, batch and precision (JSON).
+gpu-check: setup
+	$(PY) -m benchmarks gpu-check --out reports/out/gpu_check.json
 
 reports: table1 table2 table3 table4 table6 fig1 fig6 ablation-prompt ablation-lambda-c ablation-lambda-n \
 	ablation-encoder

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -49,17 +50,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         from benchmarks.cost_study import run_cost_study
         run_cost_study(study, profile, _csv(args.methods))
         return 0
+    server = None
+    tracking_uri = None
+    if args.start_server:
+        from mlflow_server.server import ServerConfig, start
+        server = ServerConfig(port=args.server_port)
+        tracking_uri = start(server)
+        print(f"[server] MLflow server at {tracking_uri} (backend {server.backend}); it keeps running after this "
+              "launch (make mlflow-stop)")
     runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
-                         progress=not args.no_progress, checkpoint_dir=args.checkpoint_dir,
+                         progress=not args.no_progress, tracking_uri=tracking_uri, checkpoint_dir=args.checkpoint_dir,
                          keep_checkpoints=args.keep_checkpoints, wait=args.wait)
-    results = runner.run()
-    counts = {status: sum(r["status"] == status for r in results) for status in ("trained", "finished", "busy")}
+    options = {"address": args.address, "max_retries": args.max_retries} if args.launcher == "ray" else {}
+    results = runner.run(args.launcher, **options)
+    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "failed")}
     line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
             f"finished")
     if counts["busy"]:
         line += f", {counts['busy']} running elsewhere (not trained here)"
+    if counts["failed"]:
+        line += f", {counts['failed']} failed: " + "; ".join(f"{r['method']} seed {r['seed']}: {r['reason']}"
+                                                           for r in results if r["status"] == "failed")
     print(line)
-    return 0
+    return 2 if counts["failed"] else 0
 
 
 def study_cells(study, profile, data_dir: str | None = None) -> list[dict[str, object]]:
@@ -73,7 +86,8 @@ def study_cells(study, profile, data_dir: str | None = None) -> list[dict[str, o
     except DatasetError as exc:
         raise DatasetError(f"cannot resolve the cells of study {study.study!r} without its data ({exc}); pass "
                            "--data with the folder the runs used") from None
-    return [{"method": c.method, "seed": str(c.seed), "run_key": c.run_key} for c in plan.study_cells()]
+    return [{"method": c.method, "seed": str(c.seed), "run_key": c.run_key, "iterations": c.iterations}
+            for c in plan.study_cells()]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -86,11 +100,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     if study.kind == "cost":
         from reports.cost import render_cost_table
         paths = render_cost_table(study.study, args.profile, out, study.title, cells=cells)
+    elif study.experiment and study.experiment != study.study and not study.budget_scales:
+        raise ConfigError(f"{study.path}: experiment {study.experiment!r}: only budget studies share another "
+                          "study's experiment")
     elif study.variants:
         from reports.ablation import render_ablation
         paths = render_ablation(study, args.profile, out, cells=cells)
+    elif study.budget_scales:
+        from reports.budget import render_budget_check
+        budget = int(study.budget[profile.name])
+        paths = render_budget_check(study.experiment_name, args.profile, out, budget, study.title, cells=cells,
+                                    name=study.study)
     else:
-        paths = render_dice_tables(study.study, args.profile, out, REPORT_TABLES.get(study.study), study.title,
+        paths = render_dice_tables(study.experiment_name, args.profile, out, REPORT_TABLES.get(study.study), study.title,
                                    cells=cells)
     for path in paths:
         print(f"wrote {path}")
@@ -106,6 +128,24 @@ def cmd_figure(args: argparse.Namespace) -> int:
     render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
     print(f"wrote {render(args.study, args.profile, out, cells=cells)}")
     return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from benchmarks.gpu_check import gpu_check, write_report
+    report = gpu_check(args.device, args.tiny, args.iterations, _csv(args.methods), args.precision)
+    for row in report["methods"]:
+        if "error" in row:
+            print(f"{row['method']:12s} ERROR {row['error']}")
+        else:
+            memory = f"{row['peak_memory_gib']:.2f} GiB" if row["peak_memory_gib"] == row["peak_memory_gib"] else "n/a"
+            print(f"{row['method']:12s} step {row['step_s_median']:.3f} s  peak {memory}  loss finite: "
+                  f"{row['loss_finite']}")
+    text = write_report(report, Path(args.out) if args.out else None)
+    if args.out:
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0 if report["all_finite"] else 1
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -223,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs")
     run.add_argument("--wait", action="store_true", help="wait for cells another launcher is training "
                      "(and take them over if it dies) instead of skipping them")
+    run.add_argument("--launcher", choices=["sequential", "ray"], default="sequential",
+                     help="sequential (this process) or ray (one Ray task per cell)")
+    run.add_argument("--address", help="--launcher ray: an existing Ray cluster (default: a local instance)")
+    run.add_argument("--max-retries", type=int, default=2,
+                     help="--launcher ray: re-runs of a cell whose worker died (it resumes from its checkpoint)")
+    run.add_argument("--start-server", action="store_true",
+                     help="start the MLflow server (make mlflow) and log through it")
+    run.add_argument("--server-port", type=int, default=5000)
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="render a study's tables from MLflow")
     report.add_argument("study")
@@ -238,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     figure.add_argument("--data", help="the prepared dataset folder the runs used (as for run)")
     figure.set_defaults(func=cmd_figure)
     sub.add_parser("index", help="write reports/out/index.html").set_defaults(func=cmd_index)
+    gpu = sub.add_parser("gpu-check", help="every method for a few iterations at the paper profile's patch, batch "
+                         "and precision: step time, peak memory, finite loss (JSON)")
+    gpu.add_argument("--device", default="cuda")
+    gpu.add_argument("--tiny", action="store_true", help="32^3 patch, 4 base filters (the CPU smoke check)")
+    gpu.add_argument("--iterations", type=int, default=5)
+    gpu.add_argument("--methods", help="comma-separated subset (default: all)")
+    gpu.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the paper profile's on CUDA")
+    gpu.add_argument("--out", help="write the JSON here")
+    gpu.set_defaults(func=cmd_gpu_check)
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     gen = data_sub.add_parser("generate", help="generate the synthetic cohort a profile uses")
@@ -269,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (store creation) are not ours to print
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (OrganbenchError, UnknownMethodError, NoRunsError) as exc:

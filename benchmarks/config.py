@@ -37,6 +37,11 @@ class Profile:
     log_every: int
     device: str
     checkpoint_every: int = 0  # iterations between training checkpoints (0: none); not part of the run key
+    precision: str = "fp32"  # fp32 | fp16 (CUDA: autocast + GradScaler) | bf16 (autocast)
+    model_selection: str = "last"  # a rule of benchmarks.selection, or "reference"; a study may override
+    augmentation: str = "none"  # none | flip_xy | reference; a study may override
+    cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
+    gpus_per_cell: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,20 @@ class Study:
     published: dict[str, Any] = field(default_factory=dict)
     # Variants whose inputs are absent (e.g. text-encoder weights) are listed and skipped, not fatal.
     skip_unavailable: bool = False
+    # Each cell is trained at budget x scale for every scale (the budget-check study: [0.5, 1, 2]).
+    budget_scales: list[float] = field(default_factory=list)
+    # Per profile: the model selection / augmentation of every method (default: the profile's), e.g.
+    # {paper: best_on_eval}; "reference" gives each method its reference code's.
+    model_selection: dict[str, str] = field(default_factory=dict)
+    augmentation: dict[str, str] = field(default_factory=dict)
+    # The MLflow experiment (and the study name in run keys) of its cells; default: the study's own
+    # name. budget-check uses table2's: its cells at the default budget are table2's own cells.
+    experiment: str = ""
     path: Path = Path()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.study
 
     def base_method(self, entry: str) -> str:
         """The registered method behind a ``methods`` entry (itself unless it is a variant)."""
@@ -103,6 +121,12 @@ def load_profile(name: str) -> Profile:
     for axis in profile.patch:
         if axis % 16:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
+    from benchmarks.selection import RULES
+    from benchmarks.training import AUGMENTATIONS, PRECISIONS
+    for key, known in (("precision", PRECISIONS), ("model_selection", (*RULES, "reference")),
+                       ("augmentation", (*AUGMENTATIONS, "reference"))):
+        if getattr(profile, key) not in known:
+            raise ConfigError(f"{PROFILES_FILE}:{name}: {key} {getattr(profile, key)!r} is not one of {sorted(known)}")
     return profile
 
 
@@ -132,6 +156,15 @@ def load_study(name_or_path: str) -> Study:
                               f"got {budget}")
     for profile, seeds in study.seeds.items():
         check_seeds(seeds, f"{path}: seeds.{profile}")
+    from benchmarks.selection import RULES
+    from benchmarks.training import AUGMENTATIONS
+    for key, known in (("model_selection", RULES), ("augmentation", AUGMENTATIONS)):
+        for profile, name in getattr(study, key).items():
+            if name != "reference" and name not in known:
+                raise ConfigError(f"{path}: {key}.{profile}: unknown {key.replace('_', ' ')} {name!r}; known: "
+                                  f"{sorted(known)} or 'reference'")
+    if any(scale <= 0 for scale in study.budget_scales):
+        raise ConfigError(f"{path}: budget_scales must be positive, got {study.budget_scales}")
     if not study.methods:
         raise ConfigError(f"{path}: methods: the study names no method")
     duplicated = sorted({m for m in study.methods if study.methods.count(m) > 1})

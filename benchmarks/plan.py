@@ -20,11 +20,12 @@ from benchmarks.data.digest import dataset_digest
 from benchmarks.data.sources import resolve_dataset
 from benchmarks.errors import ConfigError, DatasetError
 from benchmarks.metrics import Protocol, get_protocol
+from benchmarks.selection import RULES, SelectionRule, selection_rule
 from methods import UnknownMethodError, get_method
 from methods.base import Method
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
-NOT_IN_KEY = ("description", "log_every", "checkpoint_every")
+NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Cell:
     split_sha: str
     data_digest: str
     versions: dict[str, str]
+    selection: SelectionRule = RULES["last"]
+    augmentation: str = "none"
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the result (logged as params, hashed into the run key): the
@@ -50,21 +53,23 @@ class Cell:
         profile = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in NOT_IN_KEY}
         # only the profile overrides this method has (others cannot change its result or its key)
         profile["method_overrides"] = {k: v for k, v in profile["method_overrides"].items() if k in self.method_config}
-        return {"study": self.study.study, "method": self.method, "seed": self.seed,
+        return {"study": self.study.experiment_name, "method": self.method, "seed": self.seed,
                 "dataset": self.dataset.name, "synthetic": self.dataset.synthetic, "split_sha256": self.split_sha,
                 "data_digest": self.data_digest, "preprocessing": self.dataset.preprocessing,
                 "labeled_ratio": self.study.labeled_ratio, "protocol": self.study.protocol,
                 "iterations": self.iterations, "profile": profile, "method_config": self.method_config,
+                "model_selection": dataclasses.asdict(self.selection), "augmentation": self.augmentation,
                 "versions": self.versions}
 
     @property
     def run_key(self) -> str:
-        return (f"{self.study.study}/{self.method}/{self.dataset.name}/{self.study.labeled_ratio}/"
+        return (f"{self.study.experiment_name}/{self.method}/{self.dataset.name}/{self.study.labeled_ratio}/"
                 f"seed{self.seed}/{self.profile.name}/{config_hash(self.resolved())}")
 
     @property
     def name(self) -> str:
-        return f"{self.method} seed {self.seed}"
+        scaled = f" at {self.iterations} iterations" if self.study.budget_scales else ""
+        return f"{self.method} seed {self.seed}{scaled}"
 
 
 def _pick(values: dict[str, Any], profile: str, key: str, study: Study) -> Any:
@@ -115,11 +120,18 @@ class StudyPlan:
         ratio = study.labeled_ratio
         self.split_names = [split_name(ratio, "labeled", study.split_variant),
                             split_name(ratio, "unlabeled", study.split_variant), "train", "test"]
+        if any(self.selection(m).best_on_eval for m in names):  # validation reads the eval split
+            self.split_names.append("eval")
         self.splits = {name: read_split(self.dataset, name) for name in self.split_names}
         self._check_not_empty()
         check_splits(self.dataset, self.splits, self.split_names[0], self.split_names[1])
+        leak = sorted(set(self.splits.get("eval", [])) & set(self.splits["test"]))
+        if leak:
+            raise DatasetError(f"{self.dataset.root / 'splits'}/eval.txt shares {len(leak)} id(s) with test.txt, e.g. "
+                               f"{leak[:3]}: model selection must never see a test case")
         self.split_sha = _split_sha(self.dataset, self.split_names)
-        self.data_digest = dataset_digest(self.dataset, self.splits["train"] + self.splits["test"])
+        self.data_digest = dataset_digest(self.dataset, [i for name in ("train", "test", "eval")
+                                                         for i in self.splits.get(name, [])])
 
     @property
     def labeled_split(self) -> str:
@@ -139,8 +151,21 @@ class StudyPlan:
                   else f"{self.study.path}: method_overrides.{name}")
         return dataclasses.asdict(cls.resolve_config(overrides, source))
 
+    def selection(self, method: str) -> SelectionRule:
+        """The model-selection rule of ``method``: the study's for this profile, else the profile's;
+        ``reference`` resolves to the method's reference rule."""
+        name = self.study.model_selection.get(self.profile.name, self.profile.model_selection)
+        if name == "reference":
+            name = self.method_classes[method].reference_selection
+        return selection_rule(name, self.study.dataset)
+
+    def augmentation(self, method: str) -> str:
+        """The augmentation of ``method`` (as :meth:`selection`)."""
+        name = self.study.augmentation.get(self.profile.name, self.profile.augmentation)
+        return self.method_classes[method].reference_augmentation if name == "reference" else name
+
     def _check_not_empty(self) -> None:
-        needed = ["train", "test", self.labeled_split]
+        needed = ["train", "test", self.labeled_split] + (["eval"] if "eval" in self.splits else [])
         if any(self.method_classes[m].batch_policy == "two_stream" for m in self.methods):
             needed.append(self.unlabeled_split)
         for name in needed:
@@ -153,17 +178,27 @@ class StudyPlan:
         return {"method": self.method_classes[method].version, "harness": HARNESS_VERSION,
                 "protocol": self.protocol.version, "data_generator": self.dataset.generator_version}
 
-    def cell(self, method: str, seed: int) -> Cell:
-        return Cell(self.study, self.profile, method, seed, self.iterations, self.configs[method], self.dataset,
-                    self.split_sha, self.data_digest, self.versions(method))
+    def budgets(self) -> list[int]:
+        """Training iterations of the study's cells: the budget, or the budget times each of
+        ``budget_scales`` (rounded, at least 1)."""
+        if not self.study.budget_scales:
+            return [self.iterations]
+        return [max(1, round(self.iterations * scale)) for scale in self.study.budget_scales]
+
+    def cell(self, method: str, seed: int, iterations: int | None = None) -> Cell:
+        return Cell(self.study, self.profile, method, seed, iterations or self.iterations, self.configs[method],
+                    self.dataset, self.split_sha, self.data_digest, self.versions(method), self.selection(method),
+                    self.augmentation(method))
 
     def cells(self) -> list[Cell]:
-        """The requested cells (methods x seeds asked for on the command line, else the study's)."""
-        return [self.cell(m, s) for m in self.methods for s in self.seeds]
+        """The requested cells (methods x seeds asked for on the command line, else the study's) at
+        every budget of the study."""
+        return [self.cell(m, s, b) for b in self.budgets() for m in self.methods for s in self.seeds]
 
     def study_cells(self) -> list[Cell]:
-        """The study's own cells under this profile: its methods x its seeds. Tables show exactly these."""
-        return [self.cell(m, s) for m in self.study.methods for s in self.study_seeds]
+        """The study's own cells under this profile: its methods x its seeds (x its budgets). Tables
+        show exactly these."""
+        return [self.cell(m, s, b) for b in self.budgets() for m in self.study.methods for s in self.study_seeds]
 
     def test_ids(self) -> list[str]:
         """The test cases evaluated: all, or the first ``max_test_cases`` under the profile."""

@@ -13,12 +13,15 @@ import functools
 import importlib.metadata
 import json
 import math
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from tqdm import tqdm
 
 from benchmarks.checkpoint import CheckpointStore, TrainingState, rng_state, set_rng_state
 from benchmarks.claims import Busy, Finished, Heartbeat, acquire, retire_stale, staleness
@@ -31,7 +34,9 @@ from benchmarks.inference import window_count
 from benchmarks.interrupt import Interrupted, StopSignals
 from benchmarks.plan import Cell, StudyPlan
 from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, setup_tracking
-from benchmarks.training import StopRequested, TwoStreamSampler, seed_everything, train
+from benchmarks import selection
+from benchmarks.selection import Selector
+from benchmarks.training import StopRequested, TwoStreamSampler, prepare_precision, seed_everything, train
 from methods.base import Method
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
@@ -59,6 +64,25 @@ def training_curve_figure(curve: list[dict[str, float]], title: str) -> "matplot
 def pip_freeze() -> str:
     """``name==version`` of every installed distribution (logged with each run)."""
     return "\n".join(sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()})) + "\n"
+
+
+@dataclass
+class Launch:
+    """One launch of a study: its experiment, the requested cells, those already finished (run id or
+    None) and the parent run (None when nothing is left to train)."""
+
+    experiment_id: str
+    cells: list[Cell]
+    finished: dict[str, str | None]
+    parent: RunLog | None = None
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if not self.finished[c.run_key]]
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.parent.run_id if self.parent else None
 
 
 class StudyRunner:
@@ -106,59 +130,97 @@ class StudyRunner:
         return [self._cases[i] for i in ids]
 
     # -- the launch ---------------------------------------------------------------------------
-    def run(self) -> list[dict[str, Any]]:
-        """Run every requested cell not finished yet; returns one summary dict per cell."""
+    def prepare(self) -> Launch:
+        """Everything a launcher does once before dispatching cells: refuse absent inputs, create the
+        experiment, retire launches that died, note ad-hoc cells, look up finished ones and, when
+        something is left to train, read every case (bad data fails before any run exists) and
+        create the launch's parent run."""
         absent = self.unavailable()
         for name, reason in absent.items():
-            print(f"[absent] {name}: {reason}")
+            say(f"[absent] {name}: {reason}")
         if absent and not self.study.skip_unavailable:
             raise ConfigError(f"{self.study.path}: cannot run {sorted(absent)}: " + "; ".join(absent.values()))
-        experiment_id = ensure_experiment(self.study.study)
+        experiment_id = ensure_experiment(self.study.experiment_name)
         self._retire_stale_launches(experiment_id)
         cells = [c for c in self.cells() if c.method not in absent]
         own = {c.run_key for c in self.plan.study_cells()}
         for cell in cells:
             if cell.run_key not in own:
-                print(f"[ad hoc] {cell.name} is not a cell of study {self.study.study} under profile "
-                      f"{self.profile.name} (its seeds: {self.plan.study_seeds}); it is recorded but not shown in "
-                      "the study's tables")
-        finished = {c.run_key: self._finished(experiment_id, c.run_key) for c in cells}
-        results: list[dict[str, Any]] = []
-        if all(finished.values()):
-            for cell in cells:
-                print(f"[skip] {cell.name}: finished run {finished[cell.run_key]} has run_key {cell.run_key}")
-                results.append(self._outcome(cell, "finished", finished[cell.run_key]))
+                say(f"[ad hoc] {cell.name} is not a cell of study {self.study.study} under profile "
+                    f"{self.profile.name} (its seeds: {self.plan.study_seeds}); it is recorded but not shown in "
+                    "the study's tables")
+        launch = Launch(experiment_id, cells, {c.run_key: self._finished(experiment_id, c.run_key) for c in cells})
+        if launch.todo:
+            self.cases(self.splits["train"] + self.splits["test"] + self.splits.get("eval", []))
+            launch.parent = RunLog(self.client.create_run(
+                experiment_id, run_name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={"launch": "true", "profile": self.profile.name, "study": self.study.experiment_name,
+                      "launched_study": self.study.study,
+                      "data_digest": self.plan.data_digest, "heartbeat": f"{time.time():.3f}",
+                      **_claim_tags(), **git_state()}).info.run_id, self.client)
+        return launch
+
+    def run(self, launcher: str = "sequential", **options: Any) -> list[dict[str, Any]]:
+        """Run every requested cell not finished yet; returns one outcome dict per cell.
+
+        ``launcher``: ``sequential`` (this process, cell after cell) or ``ray`` (one Ray task per
+        cell; ``options`` go to :func:`benchmarks.launchers.run_on_ray`). Both train a cell with
+        :meth:`run_cell`; they differ only in dispatch.
+        """
+        launch = self.prepare()
+        results = []
+        for cell in launch.cells:
+            if launch.finished[cell.run_key]:
+                say(f"[skip] {cell.name}: finished run {launch.finished[cell.run_key]} has run_key {cell.run_key}")
+                results.append(self._outcome(cell, "finished", launch.finished[cell.run_key]))
+        if launch.parent is None:
             return results
-        self.cases(self.splits["train"] + self.splits["test"])  # bad data fails before any run exists
-        launch = RunLog(self.client.create_run(
-            experiment_id, run_name=f"launch-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"launch": "true", "profile": self.profile.name, "study": self.study.study,
-                  "data_digest": self.plan.data_digest, "heartbeat": f"{time.time():.3f}",
-                  **_claim_tags(), **git_state()}).info.run_id, self.client)
         status = FAILED
         with Heartbeat(self.tracking_uri) as heartbeat, StopSignals() as signals:
-            heartbeat.track(launch.run_id)
+            heartbeat.track(launch.parent.run_id)
             try:
-                pending = cells
-                while pending:
-                    waiting = []
-                    for cell in pending:
-                        outcome = self.run_cell(cell, experiment_id, launch.run_id, heartbeat, signals)
-                        if outcome["status"] == "busy" and self.wait:
-                            waiting.append(cell)
-                        else:
-                            results.append(outcome)
-                    if waiting:
-                        time.sleep(min(10.0, max(1.0, staleness_poll())))
-                    pending = waiting
-                status = FINISHED
+                if launcher == "sequential":
+                    results += self._run_sequential(launch, heartbeat, signals)
+                elif launcher == "ray":
+                    from benchmarks.launchers import run_on_ray
+                    results += run_on_ray(self, launch, **options)
+                else:
+                    raise ConfigError(f"unknown launcher {launcher!r}; known: sequential, ray")
+                status = FAILED if any(r["status"] == "failed" for r in results) else FINISHED
             except Interrupted:
                 status = KILLED
                 raise
             finally:
-                heartbeat.untrack(launch.run_id)
-                launch.end(status)
+                heartbeat.untrack(launch.parent.run_id)
+                launch.parent.end(status)
         return results
+
+    def _run_sequential(self, launch: Launch, heartbeat: Heartbeat, signals: StopSignals) -> list[dict[str, Any]]:
+        overall = self.progress_bar(len(launch.todo))
+        results = []
+        try:
+            pending = launch.todo
+            while pending:
+                waiting = []
+                for cell in pending:
+                    outcome = self.run_cell(cell, launch.experiment_id, launch.parent_id, heartbeat, signals)
+                    if outcome["status"] == "busy" and self.wait:
+                        waiting.append(cell)
+                    else:
+                        results.append(outcome)
+                        overall.update()
+                if waiting:
+                    time.sleep(min(10.0, max(1.0, staleness_poll())))
+                pending = waiting
+        finally:
+            overall.close()
+        return results
+
+    def progress_bar(self, total: int) -> tqdm:
+        """The bar over the launch's cells (elapsed time and ETA from the cells done so far)."""
+        return tqdm(total=total, desc=f"{self.study.study} [{self.profile.name}] cells", unit="cell",
+                    disable=not self.progress, position=0, dynamic_ncols=True,
+                    bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining}")
 
     def _finished(self, experiment_id: str, run_key: str) -> str | None:
         runs = self.client.search_runs([experiment_id], filter_string=f"tags.run_key = '{run_key}' and "
@@ -181,14 +243,16 @@ class StudyRunner:
         in_splits = set(self.dataset.mri_cases) & {i for ids in self.splits.values() for i in ids}
         variant = {"base_method": cls.name, "variant_value": json.dumps(self.study.variants[cell.method].get("value"))
                    } if cell.method in self.study.variants else {}
-        return {"run_key": cell.run_key, "study": cell.study.study, "method": cell.method, **variant,
+        return {"run_key": cell.run_key, "study": cell.study.experiment_name, "method": cell.method, **variant,
                 "method_group": cls.group, "method_title": cls.title, "method_version": cls.version,
+                "iterations": str(cell.iterations),
                 "batch_policy": cls.batch_policy, "seed": str(cell.seed), "profile": cell.profile.name,
                 "dataset": self.dataset.name, "dataset_kind": "synthetic" if self.dataset.synthetic else "real",
                 "data_digest": cell.data_digest, "split_sha256": cell.split_sha,
                 "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
                 "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
-                "model_selection": "last_iteration", "eval_grid": "dataset_grid",
+                "model_selection": cell.selection.name, "augmentation": cell.augmentation,
+                "precision": cell.profile.precision, "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
                 "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state()}
 
@@ -196,13 +260,13 @@ class StudyRunner:
     def run_cell(self, cell: Cell, experiment_id: str, parent_id: str | None = None,
                  heartbeat: Heartbeat | None = None, signals: StopSignals | None = None) -> dict[str, Any]:
         """Claim, train (resuming from a checkpoint when there is one), evaluate and log one cell."""
-        claim = acquire(self.client, experiment_id, cell.run_key, f"{cell.method}-seed{cell.seed}",
-                        self.run_tags(cell), parent_id)
+        run_name = f"{cell.method}-seed{cell.seed}" + (f"-it{cell.iterations}" if self.study.budget_scales else "")
+        claim = acquire(self.client, experiment_id, cell.run_key, run_name, self.run_tags(cell), parent_id)
         if isinstance(claim, Finished):
-            print(f"[skip] {cell.name}: finished run {claim.run_id} has run_key {cell.run_key}")
+            say(f"[skip] {cell.name}: finished run {claim.run_id} has run_key {cell.run_key}")
             return self._outcome(cell, "finished", claim.run_id)
         if isinstance(claim, Busy):
-            print(f"[running elsewhere] {cell.name}: claimed by {claim.holder}; "
+            say(f"[running elsewhere] {cell.name}: claimed by {claim.holder}; "
                   f"{'waiting for it' if self.wait else 'skipped (rerun, or pass --wait, once it ends)'}")
             return self._outcome(cell, "busy", claim.run_id)
         log = RunLog(claim.run_id, self.client)
@@ -224,9 +288,9 @@ class StudyRunner:
         log.end(FINISHED)
         if not self.keep_checkpoints:
             self.checkpoints.remove(cell.run_key)
-        print(f"[done] {cell.study.study} {cell.method:14s} seed {cell.seed}: Dice {summary['test/dice_mean']:.2f} "
-              f"(large {summary['test/dice_large']:.2f}, small {summary['test/dice_small']:.2f}), "
-              f"ASD {summary['test/asd_mean']:.2f}, {wall:.0f}s, run {log.run_id}", flush=True)
+        say(f"[done] {cell.study.study} {cell.method:14s} seed {cell.seed}: Dice {summary['test/dice_mean']:.2f} "
+            f"(large {summary['test/dice_large']:.2f}, small {summary['test/dice_small']:.2f}), "
+            f"ASD {summary['test/asd_mean']:.2f}, {wall:.0f}s, run {log.run_id}")
         return self._outcome(cell, "trained", log.run_id, wall_s=wall, **summary)
 
     def _train_and_evaluate(self, cell: Cell, log: RunLog, signals: StopSignals) -> tuple[dict[str, float], float]:
@@ -247,20 +311,32 @@ class StudyRunner:
                      math.ceil(len(labeled_cases) / (profile.labeled_batch + profile.unlabeled_batch)))
         method.observe_data([c.label for c in labeled_cases], per_epoch)
         sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, profile.labeled_batch, profile.unlabeled_batch,
-                                   profile.patch, cell.seed, cls.batch_policy, profile.device)
+                                   profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation)
+        prepare_precision(method, profile.precision)
+        rule = cell.selection
+        eval_cases = self.cases(self.splits["eval"]) if rule.best_on_eval else []
+        val_stride = rule.validation_stride(profile.patch, profile.eval_stride)
+        selector = Selector(rule, method, cell.iterations,
+                            lambda: selection.validation_dice(method, eval_cases, self.dataset.num_classes, rule,
+                                                              profile.patch, val_stride),
+                            lambda step, score: log.metrics({"val/dice_mean": score}, step=step))
         curve: list[dict[str, float]] = []
         start_step, train_before = 0, 0.0
         saved = self.checkpoints.load(cell.run_key)
         if saved is not None:
             method.load_state_dict(saved.method)
             sampler.load_state(saved.sampler)
+            if saved.selection:
+                selector.load_state(saved.selection)
+                for step, score in selector.history:  # the validation curve so far, as for the training curve
+                    log.metrics({"val/dice_mean": score}, step=step)
             set_rng_state(saved.rng)
             start_step, curve, train_before = saved.next_step, list(saved.curve), saved.train_time_s
             for point in curve:  # the curve so far, so the finished run holds all of it
                 log.metrics({f"train/{k}": v for k, v in point.items() if k != "step"}, step=int(point["step"]))
             log.tags({"resumed_from_step": str(start_step), "resumed_from_run": saved.run_id})
-            print(f"[resume] {cell.name}: from iteration {start_step} of {cell.iterations} "
-                  f"(checkpoint of run {saved.run_id or '?'})", flush=True)
+            say(f"[resume] {cell.name}: from iteration {start_step} of {cell.iterations} "
+                f"(checkpoint of run {saved.run_id or '?'})")
         train_start = time.time()
 
         def on_log(step: int, logs: dict[str, float]) -> None:
@@ -270,23 +346,27 @@ class StudyRunner:
         def on_checkpoint(next_step: int) -> None:
             self.checkpoints.save(TrainingState(cell.run_key, next_step, method.state_dict(), sampler.state(),
                                                 rng_state(), list(curve), train_before + time.time() - train_start,
-                                                log.run_id))
+                                                log.run_id, selector.state()))
 
         try:
             with signals.deferred():
                 train(method, sampler, cell.iterations, profile.log_every, on_log=on_log, progress=self.progress,
                       description=cell.name, start_step=start_step, checkpoint_every=profile.checkpoint_every,
-                      on_checkpoint=on_checkpoint, should_stop=signals.should_stop)
+                      on_checkpoint=on_checkpoint, should_stop=signals.should_stop, precision=profile.precision,
+                      after_step=selector)
         except StopRequested as stop:
             raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
         if profile.checkpoint_every and start_step < cell.iterations:
             on_checkpoint(cell.iterations)  # an interrupted evaluation then does not train again
         train_time = train_before + time.time() - train_start
+        selected = selector.finish()
+        log.tags({"selected_iteration": str(selected), "stopped_early": str(selector.stopped_early).lower(),
+                  "validations": str(len(selector.history))})
         log.figure(training_curve_figure(curve, cell.name), "plots/training_curve.png")
         test_ids = self.plan.test_ids()
         eval_start = time.time()
         per_case = evaluate(method, self.cases(test_ids), self.dataset, profile.patch, profile.eval_stride,
-                            self.plan.protocol)
+                            self.plan.protocol, self.progress, f"{cell.name} evaluation")
         eval_time = time.time() - eval_start
         summary = summarize(per_case, self.dataset)
         log.text(per_case.to_csv(index=False), "eval/per_case.csv")
@@ -298,6 +378,12 @@ class StudyRunner:
                 "cost/eval_time_s": eval_time}
         log.metrics({**summary, **cost})
         return summary, time.time() - start
+
+
+def say(line: str) -> None:
+    """One line of launch output, printed above the progress bars (stdout, flushed)."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def staleness_poll() -> float:

@@ -66,12 +66,17 @@ def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None =
     mine = in_study.groupby("tags.run_key").tail(1)  # duplicates (older versions' races): the newest
     others = runs.drop(mine.index).copy()
     cell_ids = {(str(c["method"]), str(c["seed"])) for c in cells}
+    budgets = {(str(c["method"]), str(c["seed"])): str(c.get("iterations", "")) for c in cells}
     methods = {str(c["method"]) for c in cells}
+    iterations = others["tags.iterations"] if "tags.iterations" in others else pd.Series([""] * len(others),
+                                                                                        index=others.index)
     others["reason"] = [
         "duplicate finished run of a study cell" if key in keys else
+        "another budget (the budget check)" if (m, s) in cell_ids and budgets.get((m, s)) and it == it and
+        str(it) != budgets[(m, s)] else
         "another configuration, data or code version of a study cell" if (m, s) in cell_ids else
         "seed not in the study" if m in methods else "method not in the study"
-        for key, m, s in zip(others["tags.run_key"], others["tags.method"], others["tags.seed"])]
+        for key, m, s, it in zip(others["tags.run_key"], others["tags.method"], others["tags.seed"], iterations)]
     missing = [c for c in cells if str(c["run_key"]) not in set(mine["tags.run_key"])]
     if mine.empty:
         hint = (f" ({len(others)} other finished run(s) there belong to another configuration, seed, dataset "
@@ -79,7 +84,11 @@ def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None =
                 if len(others) else "")
         raise NoRunsError(f"none of the {len(cells)} cells of study {study!r} (profile {profile!r}) has a finished "
                           f"run {where}{hint}; run the study first")
-    return StudyRuns(mine.reset_index(drop=True), others.reset_index(drop=True), missing, list(cells))
+    # a fixed order (not the order runs finished in): the aggregates are then bit-identical whatever
+    # launcher trained the cells
+    order = mine.assign(_seed=pd.to_numeric(mine["tags.seed"], errors="coerce")).sort_values(
+        ["tags.method", "_seed", "tags.run_key"]).index
+    return StudyRuns(mine.loc[order].reset_index(drop=True), others.reset_index(drop=True), missing, list(cells))
 
 
 def finished_runs(study: str, profile: str, tracking_uri: str | None = None,

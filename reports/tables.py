@@ -92,10 +92,23 @@ def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
               "protocol": f"{runs['tags.protocol'].iloc[0]} (ASD {runs['tags.asd_direction'].iloc[0]}, "
                           f"{runs['tags.asd_units'].iloc[0]})",
               "seeds": ", ".join(map(str, seeds)), "commit": ", ".join(commits) + (" (dirty)" if dirty else ""),
+              "model selection / augmentation / precision": _protocol_choices(runs),
               "test cases": runs["tags.test_cases"].iloc[0] + " of " + runs["tags.test_cases_total"].iloc[0]}
     n = grouped.size().loc[order]
     return RenderedTable(metric, mean, std, header, groups.loc[order], metric == "dice", n,
                          all_background_flags(runs, labels))
+
+
+def _protocol_choices(runs: pd.DataFrame) -> str:
+    """``last / none / fp32``, or per method where the methods differ (``reference`` rules)."""
+    columns = ["tags.model_selection", "tags.augmentation", "tags.precision"]
+    if not all(c in runs for c in columns):
+        return "last / none / fp32 (runs before these were recorded)"
+    combos = runs[columns].fillna("?").astype(str).agg(" / ".join, axis=1)
+    if combos.nunique() == 1:
+        return combos.iloc[0]
+    by_method = dict(zip(method_labels(runs), combos))
+    return "; ".join(f"{m}: {c}" for m, c in sorted(by_method.items()))
 
 
 def ranks(table: RenderedTable) -> pd.DataFrame:

@@ -202,11 +202,20 @@ def encoder_info(name: str, weights: str | Path | None = None) -> EncoderInfo:
 
 
 def _offline() -> None:
-    """Forbid Hugging Face Hub downloads in this process (also when huggingface_hub is already imported)."""
+    """Forbid Hugging Face Hub downloads in this process (also when huggingface_hub is already imported),
+    and keep the libraries' own loading bars and notices off the harness's output."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import huggingface_hub.constants
     huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        import transformers.utils.logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # open_clip without transformers
+        pass
 
 
 def _load_minilm(folder: Path) -> Encode:

@@ -31,7 +31,7 @@ def cpu_method(name: str):
     return cls(config, AMOS.num_classes, max_iterations=100, patch=PROFILE.patch, class_names=AMOS.class_names)
 
 
-@pytest.mark.parametrize("name", ["supervised", "mean_teacher", "dhc", "magicnet", "ga", "tak"])
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher", "uamt", "dhc", "magicnet", "ga", "tak"])
 def test_train_step(benchmark, name: str) -> None:
     """One training iteration at the ``cpu`` profile (TAK at an iteration where its contrast is on)."""
     torch.manual_seed(0)
@@ -41,6 +41,32 @@ def test_train_step(benchmark, name: str) -> None:
     benchmark.extra_info["patch"] = list(PROFILE.patch)
     logs = benchmark.pedantic(method.train_step, args=(batch, 60), rounds=5, warmup_rounds=1, iterations=1)
     assert np.isfinite(logs["loss"])
+
+
+def test_vnet_train_step_throughput(benchmark) -> None:
+    """A plain V-Net (the profile's width, BatchNorm) forward + backward + SGD step on 4 crops; the
+    FLOPs go to extra_info and the summary compares the rate with the CPU's fp32 peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from methods.common.vnet import VNet
+    torch.manual_seed(0)
+    nf = PROFILE.method_overrides.get("base_filters", 16)
+    net = VNet(1, AMOS.num_classes, nf, "batch", False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(4, 1, *PROFILE.patch)
+    y = torch.randint(0, AMOS.num_classes, (4, *PROFILE.patch))
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    benchmark.extra_info["flops"] = counter.get_total_flops()
+    assert np.isfinite(benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1))
 
 
 def test_sliding_window_case(benchmark) -> None:

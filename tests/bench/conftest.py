@@ -1,0 +1,59 @@
+"""``make bench`` ends with the ratios the speed targets are stated in, from this run's medians.
+
+- TAK / GA and UA-MT / Mean Teacher: train-step medians (``test_train_step``).
+- V-Net throughput: FLOPs of one train step (``torch.utils.flop_counter``, 2 per multiply-add)
+  over its median time, against this CPU's nominal fp32 peak: cores x clock x FLOPs per cycle
+  (32 with AVX2 + FMA: two 256-bit FMA units; 64 with AVX-512), read from ``/proc/cpuinfo``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Nominal fp32 peak of the cores this process may use, and how it was computed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return float("nan"), "unknown (no /proc/cpuinfo)"
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    cores = len(os.sched_getaffinity(0))
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
+    ghz = (max(mhz) if mhz else float("nan")) / 1000
+    isa = "AVX-512" if per_cycle == 64 else "AVX2+FMA" if per_cycle == 32 else "SSE"
+    return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({isa})"
+
+
+def _median(benchmarks: list, name: str) -> float | None:
+    for bench in benchmarks:
+        if bench.name == name and bench.stats is not None:
+            return bench.stats.stats.median
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled or not session.benchmarks:
+        return
+    benchmarks = session.benchmarks
+    lines = []
+    for label, num, den, target in (("TAK / GA train step", "tak", "ga", 1.3),
+                                    ("UA-MT / Mean Teacher train step", "uamt", "mean_teacher", 2.0)):
+        a, b = _median(benchmarks, f"test_train_step[{num}]"), _median(benchmarks, f"test_train_step[{den}]")
+        if a and b:
+            lines.append(f"{label}: {a / b:.2f}x ({a:.3f} s / {b:.3f} s; target <= {target}x)")
+    vnet = next((b for b in benchmarks if b.name == "test_vnet_train_step_throughput" and b.stats), None)
+    if vnet is not None:
+        flops = vnet.extra_info["flops"]
+        peak, how = cpu_peak_gflops()
+        rate = flops / vnet.stats.stats.median / 1e9
+        lines.append(f"V-Net train step: {rate:.1f} GFLOP/s = {100 * rate / peak:.0f} % of the fp32 peak "
+                     f"{peak:.0f} GFLOP/s ({how}; target >= 50 %)")
+    if lines:
+        terminalreporter.write_sep("=", "speed ratios (this run's medians)")
+        for line in lines:
+            terminalreporter.write_line(line)
