@@ -13,7 +13,7 @@ LAUNCHER ?= sequential
 RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG) \
 	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS))
 
-.PHONY: setup test bench list-methods clean-reports mlflow mlflow-stop mlflow-status \
+.PHONY: setup test bench list-methods new-method clean-reports mlflow mlflow-stop mlflow-status \
 	table1 table2 table3 table4 table6 fig1 fig6 index reports \
 	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check gpu-check
 
@@ -35,17 +35,21 @@ bench: setup
 list-methods: setup
 	$(PY) -m benchmarks list-methods
 
+# A new method from the template: make new-method NAME=my_method (writes methods/NAME.py and its test)
+new-method: setup
+	$(PY) -m benchmarks new-method $(NAME)
+
 # One target per paper artifact: train what is missing (finished run keys are skipped), then render.
 table1 table2 table3 table4: setup
 	$(PY) -m benchmarks run $@ $(RUN_ARGS)
-	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG) $(if $(METHODS),--methods $(METHODS))
 	$(PY) -m benchmarks index
 
 # The TAK ablations (Tables 5, 7, 8, 9): variants of `tak`, rendered beside the published values.
 # budget-check: every Table 2 method at B/2, B and 2B (seed 0): is the ranking a budget artefact?
 ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check: setup
 	$(PY) -m benchmarks run $@ $(RUN_ARGS)
-	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG)
+	$(PY) -m benchmarks report $@ --profile $(PROFILE) $(DATA_ARG) $(if $(METHODS),--methods $(METHODS))
 	$(PY) -m benchmarks index
 
 # Costs are counted under the paper profile unless PROFILE= is given (no data, no training, no GPU).

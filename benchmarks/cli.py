@@ -43,6 +43,15 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_method(args: argparse.Namespace) -> int:
+    from benchmarks.new_method import create_method
+    for path in create_method(args.name, args.title):
+        print(f"wrote {path}")
+    print(f"next: edit the loss in methods/{args.name}.py, then `make test` and "
+          f"`python -m benchmarks run table2 --profile smoke --methods {args.name}`")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.runner import StudyRunner
     study, profile = load_study(args.study), load_profile(args.profile)
@@ -75,26 +84,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 2 if counts["failed"] else 0
 
 
-def study_cells(study, profile, data_dir: str | None = None) -> list[dict[str, object]]:
-    """The study's own cells under ``profile`` (method, seed, run key): what its tables show."""
+def study_cells(study, profile, data_dir: str | None = None,
+                extra_methods: list[str] | None = None) -> list[dict[str, object]]:
+    """The study's own cells under ``profile`` (method, seed, run key): what its tables show, plus the
+    cells of ``extra_methods`` at the study's seeds (``report --methods``: e.g. a method just added)."""
     if study.kind == "cost":
         from benchmarks.cost_study import cost_cells
         return [{k: c[k] for k in ("method", "seed", "run_key")} for c in cost_cells(study, profile)]
     from benchmarks.plan import StudyPlan
     try:
-        plan = StudyPlan(study, profile, data_dir=data_dir, progress=False)
+        plan = StudyPlan(study, profile, methods=extra_methods, data_dir=data_dir, progress=False)
     except DatasetError as exc:
         raise DatasetError(f"cannot resolve the cells of study {study.study!r} without its data ({exc}); pass "
                            "--data with the folder the runs used") from None
+    cells = plan.study_cells() + ([c for c in plan.cells() if c.method not in study.methods] if extra_methods else [])
     return [{"method": c.method, "seed": str(c.seed), "run_key": c.run_key, "iterations": c.iterations}
-            for c in plan.study_cells()]
+            for c in cells]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.tracking import setup_tracking
     from reports.tables import render_dice_tables
     study, profile = load_study(args.study), load_profile(args.profile)
-    cells = study_cells(study, profile, args.data)
+    cells = study_cells(study, profile, args.data, _csv(args.methods))
     setup_tracking()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study
     if study.kind == "cost":
@@ -251,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list-methods", help="registered methods").set_defaults(func=cmd_list_methods)
+    new = sub.add_parser("new-method", help="write methods/NAME.py and its test from the template")
+    new.add_argument("name", help="registry name: lower case, digits and _")
+    new.add_argument("--title", help="the name shown in tables (default: NAME)")
+    new.set_defaults(func=cmd_new_method)
     run = sub.add_parser("run", help="train and evaluate the cells of a study")
     run.add_argument("study", help="study name (benchmarks/studies/NAME.yaml) or path")
     run.add_argument("--profile", default="cpu")
@@ -277,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", default="cpu")
     report.add_argument("--out", help="output folder (default reports/out/STUDY)")
     report.add_argument("--data", help="the prepared dataset folder the runs used (as for run)")
+    report.add_argument("--methods", help="also render these methods' cells at the study's seeds (e.g. a method "
+                        "not in the study yet, trained with run --methods)")
     report.set_defaults(func=cmd_report)
     figure = sub.add_parser("figure", help="render fig1 (organ size vs shape) or fig6 (Dice vs FLOPs)")
     figure.add_argument("name", choices=["fig1", "fig6"])

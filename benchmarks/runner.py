@@ -309,6 +309,7 @@ class StudyRunner:
         labeled_cases, unlabeled_cases = self.cases(labeled_ids), self.cases(unlabeled_ids)
         per_epoch = (math.ceil(len(unlabeled_cases) / profile.unlabeled_batch) if unlabeled_cases else
                      math.ceil(len(labeled_cases) / (profile.labeled_batch + profile.unlabeled_batch)))
+        method.num_unlabeled_cases = len(unlabeled_cases)
         method.observe_data([c.label for c in labeled_cases], per_epoch)
         sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, profile.labeled_batch, profile.unlabeled_batch,
                                    profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation)

@@ -111,6 +111,8 @@ class Method(abc.ABC):
         self.max_iterations = max_iterations
         self.device = torch.device(device)
         self.iterations_per_epoch = 1
+        self.num_unlabeled_cases = 0
+        """Unlabeled training cases of the split; set by the harness before :meth:`observe_data`."""
         self.build()
         for module in self.modules().values():
             module.to(self.device)

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch.nn.functional as F
 
 from methods.base import Batch
 from methods.common.class_weights import DifficultyWeighting, DistributionWeighting
 from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
-from methods.common.losses import dice_and_ce
 from methods.registry import register
 
 
@@ -52,9 +50,7 @@ class DHC(TwoNetMethod):
         logits_a, logits_b = self.forward_both(batch)
         weight_a = self.diff_dw.update(logits_a[:n_l], batch.label_l)
         weight_b = self.dist_dw.update(logits_b[n_l:])
-        sup = dice_and_ce(logits_a[:n_l], batch.label_l, weight_a) + dice_and_ce(logits_b[:n_l], batch.label_l, weight_b)
-        cps = (F.cross_entropy(logits_a, logits_b.argmax(1).detach(), weight=weight_a)
-               + F.cross_entropy(logits_b, logits_a.argmax(1).detach(), weight=weight_b))
+        sup, cps = self.weighted_losses(logits_a, logits_b, batch.label_l, weight_a, weight_b)
         weight = self.cps_weight(step)
         loss = sup + weight * cps
         self.optimise(loss)

@@ -5,19 +5,25 @@ External packages declare, in their pyproject::
     [project.entry-points."organbench.methods"]
     my_method = "my_package.my_module"
 
-Importing the module runs its ``@register`` decorator. A broken plug-in fails loudly.
+Built-in methods are discovered from the files of the ``methods`` package: every module there
+except the shared pieces (:data:`NOT_METHODS`, sub-packages, names starting with ``_``) is imported,
+so adding a method is adding one file. Importing a module runs its ``@register`` decorator. A broken
+module or plug-in fails loudly.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:
     from methods.base import Method
 
 ENTRY_POINT_GROUP = "organbench.methods"
-BUILTIN_MODULES = ("supervised", "fully", "mean_teacher", "cps", "dhc", "cld", "uamt", "magicnet", "ga", "tak")
+NOT_METHODS = frozenset({"base", "registry"})
+"""Modules of the ``methods`` package that hold shared code, not a method."""
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False
@@ -44,12 +50,19 @@ def register(name: str) -> Callable[[M], M]:
     return decorator
 
 
+def builtin_modules() -> list[str]:
+    """Names of the method modules in the ``methods`` package directory, sorted."""
+    package_dir = Path(__file__).resolve().parent
+    return sorted(info.name for info in pkgutil.iter_modules([str(package_dir)])
+                  if not info.ispkg and not info.name.startswith("_") and info.name not in NOT_METHODS)
+
+
 def discover() -> None:
     """Import the built-in method modules and every ``organbench.methods`` entry point (once)."""
     global _discovered
     if _discovered:
         return
-    for module in BUILTIN_MODULES:
+    for module in builtin_modules():
         importlib.import_module(f"methods.{module}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from methods.cld import ConfidenceBank
-from methods.common.class_weights import (DifficultyWeighting, DistributionWeighting, distribution_weights,
-                                          hard_dice_per_class, inverse_frequency_weights)
+from methods.common.class_weights import (DifficultyWeighting, DistributionWeighting, PseudoLabelWeighting,
+                                          distribution_weights, hard_dice_per_class, inverse_frequency_weights,
+                                          proportion_gap_weights, reversed_frequency_weights)
 
 
 def logits_for(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -81,3 +82,53 @@ def test_cld_confidence_bank_and_sampling_rates() -> None:
     bank.accumulate(probs, labels)
     bank.accumulate(probs, labels)
     assert bank.conf.tolist() == pytest.approx([0.8, 0.5, 0.8])  # later updates: EMA of equal values
+
+
+def test_crest_reversed_frequency_by_hand() -> None:
+    # counts 8000, 1000, 1000, 0: mu = (n / max)^(1/3) = 1, 0.5, 0.5, ~1.08e-4. Descending order (ties keep
+    # class order): 0, 1, 2, 3; class ranked l takes the mu of rank C - 1 - l.
+    w = reversed_frequency_weights(torch.tensor([8000.0, 1000.0, 1000.0, 0.0]))
+    tiny = (1e-8 / (8000 + 1e-8)) ** (1 / 3)
+    assert w.tolist() == pytest.approx([tiny, 0.5, 0.5, 1.0], rel=1e-6)
+    # the order follows the counts, not the class index
+    assert reversed_frequency_weights(torch.tensor([1.0, 1000.0, 125.0])).tolist() == pytest.approx([1.0, 0.1, 0.5])
+
+
+def test_simis_proportion_gap_by_hand() -> None:
+    # P = 0.7, 0.2, 0.1, 0 -> C (max P - P) = 4 * (0, 0.5, 0.6, 0.7)
+    w = proportion_gap_weights(torch.tensor([70.0, 20.0, 10.0, 0.0]))
+    assert w.tolist() == pytest.approx([0.0, 2.0, 2.4, 2.8], abs=1e-6)
+
+
+def test_pseudo_label_weighting_initialisation_and_update() -> None:
+    labels = [torch.tensor([0] * 6 + [1] * 3 + [2]).numpy()]  # P = 0.6, 0.3, 0.1 -> w = 3 (0, 0.3, 0.5)
+    simis = PseudoLabelWeighting(3, proportion_gap_weights, 0.99)
+    simis.init_from_labels(labels, blend_with_uniform=True)  # one EMA step away from w = C = 3
+    assert simis.weights.tolist() == pytest.approx([0.99 * 3, 0.99 * 3 + 0.01 * 0.9, 0.99 * 3 + 0.01 * 1.5])
+    crest = PseudoLabelWeighting(3, reversed_frequency_weights, 0.99)
+    crest.init_from_labels(labels)  # straight from the labeled counts
+    mu = [1.0, 0.5 ** (1 / 3), (1 / 6) ** (1 / 3)]
+    assert crest.weights.tolist() == pytest.approx([mu[2], mu[1], mu[0]], rel=1e-6)
+    # update: counts of the argmax (all class 1) -> rule gives class 1 the smallest mu
+    before = crest.weights.clone()
+    out = crest.update(logits_for(torch.tensor([1, 1, 1, 1]), 3))
+    tiny = (1e-8 / (4 + 1e-8)) ** (1 / 3)
+    # mu = (tiny, 1, tiny); order 1, 0, 2 (the tie keeps class order): class 1 <- rank 2's mu (tiny),
+    # class 0 <- rank 1's mu (tiny), class 2 <- rank 0's mu (1)
+    current = torch.tensor([tiny, tiny, 1.0], dtype=torch.float64)
+    assert out.double().tolist() == pytest.approx((0.99 * before + 0.01 * current).tolist(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "unlabeled_only"), [("crest", True), ("simis", False)])
+def test_crest_counts_unlabeled_output_simis_whole_batch(name: str, unlabeled_only: bool) -> None:
+    from methods import Batch, get_method
+    cls = get_method(name)
+    torch.manual_seed(0)
+    method = cls(cls.Config(base_filters=4), 3, max_iterations=10, patch=(16, 16, 16))
+    method.observe_data([torch.tensor([0] * 6 + [1] * 3 + [2]).numpy()], iterations_per_epoch=5)
+    seen: list[int] = []
+    original = method.weighting[0].update
+    method.weighting[0].update = lambda logits: (seen.append(logits.shape[0]), original(logits))[1]
+    batch = Batch(torch.rand(2, 1, 16, 16, 16), torch.randint(0, 3, (2, 16, 16, 16)), torch.rand(3, 1, 16, 16, 16))
+    method.train_step(batch, 1)
+    assert seen == ([3] if unlabeled_only else [5])

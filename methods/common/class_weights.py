@@ -4,7 +4,7 @@ All weight vectors have length C (background included) and live on the logits' d
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -99,3 +99,57 @@ def inverse_frequency_weights(counts: torch.Tensor, power: float = 1 / 3) -> tor
     """
     counts = counts.clamp(min=1.0)
     return (counts.max() / counts) ** power
+
+
+def reversed_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
+    """CReST (DHC adaptation, spec 4.9): ``mu_c = ((n_c + 1e-8) / (max n + 1e-8)) ** (1/3)``; with
+    the classes sorted by ``mu`` descending (ties keep class order), the class ranked ``l`` gets the
+    ``mu`` of the class ranked ``C - 1 - l``: the most frequent class gets the rarest class's ``mu``.
+
+    >>> [round(w, 4) for w in reversed_frequency_weights(torch.tensor([1000.0, 125.0, 1.0])).tolist()]
+    [0.1, 0.5, 1.0]
+    """
+    mu = ((counts.double() + 1e-8) / (counts.double().max() + 1e-8)) ** (1 / 3)
+    order = sorted(range(len(mu)), key=lambda c: -float(mu[c]))  # stable, like the reference's sort
+    weights = torch.zeros_like(mu)
+    for rank, cls in enumerate(order):
+        weights[cls] = mu[order[len(mu) - 1 - rank]]
+    return weights
+
+
+def proportion_gap_weights(counts: torch.Tensor) -> torch.Tensor:
+    """SimiS (DHC adaptation, spec 4.10): ``w_c = C (max_k P_k - P_c)`` with
+    ``P_c = (n_c + 1e-8) / (sum n + 1e-8)``; the most frequent class gets 0.
+
+    >>> [round(w, 4) for w in proportion_gap_weights(torch.tensor([6.0, 3.0, 1.0])).tolist()]
+    [0.0, 0.9, 1.5]
+    """
+    proportions = (counts.double() + 1e-8) / (counts.double().sum() + 1e-8)
+    return len(counts) * (proportions.max() - proportions)
+
+
+class PseudoLabelWeighting:
+    """Class weights from a count-based rule, smoothed every iteration with the counts of a network's
+    own argmax: ``w <- m w + (1 - m) rule(counts(argmax logits))`` (CReST, SimiS)."""
+
+    def __init__(self, num_classes: int, rule: Callable[[torch.Tensor], torch.Tensor],
+                 momentum: float = 0.99) -> None:
+        self.num_classes, self.rule, self.momentum = num_classes, rule, momentum
+        self.weights = torch.full((num_classes,), float(num_classes), dtype=torch.float64)
+
+    def init_from_labels(self, labels: Sequence[np.ndarray], blend_with_uniform: bool = False) -> None:
+        """Set the weights from the labeled set's counts; ``blend_with_uniform`` applies one moving-average
+        step from ``w = C`` instead (SimiS's initialisation)."""
+        labeled = self.rule(class_counts(labels, self.num_classes))
+        self.weights = self.momentum * self.weights + (1 - self.momentum) * labeled if blend_with_uniform else labeled
+
+    def update(self, logits: torch.Tensor) -> torch.Tensor:
+        counts = class_counts(logits.detach().argmax(1).cpu(), self.num_classes)
+        self.weights = self.momentum * self.weights + (1 - self.momentum) * self.rule(counts)
+        return self.weights.float().to(logits.device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights.clone()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.weights = state["weights"].clone()

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Batch, Method, MethodConfig
+from methods.common.losses import dice_and_ce
 from methods.common.ramps import sigmoid_rampup
 
 
@@ -45,6 +47,20 @@ class TwoNetMethod(Method):
         self.net_b.train()
         x = torch.cat([batch.image_l, batch.image_u])
         return self.net_a(x), self.net_b(x)
+
+    def weighted_losses(self, logits_a: torch.Tensor, logits_b: torch.Tensor, label_l: torch.Tensor,
+                        weight_a: torch.Tensor | None, weight_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DHC family's two terms with per-network class weights (spec 4.4, 4.9, 4.10):
+        ``sup = DC_and_CE_wA(z_A,lab, y) + DC_and_CE_wB(z_B,lab, y)`` (weights on Dice and CE) and
+        ``cps = wCE_wA(z_A, argmax z_B) + wCE_wB(z_B, argmax z_A)`` over the whole batch.
+
+        Logits are (B, C, D, H, W) with the ``label_l.shape[0]`` labeled samples first.
+        """
+        n_l = label_l.shape[0]
+        sup = dice_and_ce(logits_a[:n_l], label_l, weight_a) + dice_and_ce(logits_b[:n_l], label_l, weight_b)
+        cps = (F.cross_entropy(logits_a, logits_b.argmax(1).detach(), weight=weight_a)
+               + F.cross_entropy(logits_b, logits_a.argmax(1).detach(), weight=weight_b))
+        return sup, cps
 
     def optimise(self, loss: torch.Tensor) -> None:
         """One step of both networks' optimisers on the joint loss."""
