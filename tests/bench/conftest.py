@@ -28,10 +28,15 @@ def cpu_peak_gflops() -> tuple[float, str]:
     return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({isa})"
 
 
+def _stats(bench):
+    """pytest-benchmark's statistics of one benchmark (a ``Metadata`` wrapping ``Stats``, or ``Stats``)."""
+    return getattr(bench.stats, "stats", bench.stats)
+
+
 def _median(benchmarks: list, name: str) -> float | None:
     for bench in benchmarks:
         if bench.name == name and bench.stats is not None:
-            return bench.stats.stats.median
+            return _stats(bench).median
     return None
 
 
@@ -50,7 +55,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if vnet is not None:
         flops = vnet.extra_info["flops"]
         peak, how = cpu_peak_gflops()
-        rate = flops / vnet.stats.stats.median / 1e9
+        rate = flops / _stats(vnet).median / 1e9
         lines.append(f"V-Net train step: {rate:.1f} GFLOP/s = {100 * rate / peak:.0f} % of the fp32 peak "
                      f"{peak:.0f} GFLOP/s ({how}; target >= 50 %)")
     if lines:
