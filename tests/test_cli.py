@@ -72,44 +72,52 @@ def test_smoke_study_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_path: 
     assert (tmp_path / "out" / "table2.png").stat().st_size > 10_000
 
 
-def test_unknown_method_exits_with_known_list(mlflow_store: str) -> None:
-    result = cli("run", "table2", "--profile", "smoke", "--methods", "mean_techer")
-    assert result.returncode == 2
-    assert "unknown method 'mean_techer'" in result.stderr and "mean_teacher" in result.stderr
+def in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """Exit code and stderr of the CLI run in this process (what ``python -m benchmarks`` returns)."""
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
-def test_typo_in_study_file_exits(tmp_path: Path, mlflow_store: str) -> None:
+def test_unknown_method_exits_with_known_list(mlflow_store: str, capsys: pytest.CaptureFixture) -> None:
+    code, err = in_process(capsys, "run", "table2", "--profile", "smoke", "--methods", "mean_techer")
+    assert code == 2
+    assert "unknown method 'mean_techer'" in err and "mean_teacher" in err
+
+
+def test_typo_in_study_file_exits(tmp_path: Path, mlflow_store: str, capsys: pytest.CaptureFixture) -> None:
     raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
     raw["labelled_ratio"] = raw.pop("labeled_ratio")
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(raw))
-    result = cli("run", str(path), "--profile", "smoke")
-    assert result.returncode == 2
-    assert "labelled_ratio" in result.stderr and str(path) in result.stderr
+    code, err = in_process(capsys, "run", str(path), "--profile", "smoke")
+    assert code == 2
+    assert "labelled_ratio" in err and str(path) in err
 
 
-def test_corrupt_nifti_fails_before_any_run(cohort_copy: Path, mlflow_store: str) -> None:
+def test_corrupt_nifti_fails_before_any_run(cohort_copy: Path, mlflow_store: str,
+                                            capsys: pytest.CaptureFixture) -> None:
     bad = cohort_copy / "labelsTr" / "syn_0300.nii.gz"  # a test case: read before training starts
     bad.write_bytes(bad.read_bytes()[:100])
-    result = cli("run", "table2", "--profile", "smoke", "--data", str(cohort_copy), "--no-progress")
-    assert result.returncode == 2
-    assert str(bad) in result.stderr
+    code, err = in_process(capsys, "run", "table2", "--profile", "smoke", "--data", str(cohort_copy), "--no-progress")
+    assert code == 2
+    assert str(bad) in err
     assert finished(mlflow_store).empty
 
 
-def test_split_naming_missing_case_fails(cohort_copy: Path, mlflow_store: str) -> None:
+def test_split_naming_missing_case_fails(cohort_copy: Path, mlflow_store: str, capsys: pytest.CaptureFixture) -> None:
     split = cohort_copy / "splits" / "labeled_5p.txt"
     split.write_text(split.read_text() + "syn_0999\n")
     (cohort_copy / "splits" / "SHA256SUMS").unlink()
-    result = cli("run", "table2", "--profile", "smoke", "--data", str(cohort_copy))
-    assert result.returncode == 2
-    assert "syn_0999" in result.stderr and "labeled_5p.txt" in result.stderr
+    code, err = in_process(capsys, "run", "table2", "--profile", "smoke", "--data", str(cohort_copy))
+    assert code == 2
+    assert "syn_0999" in err and "labeled_5p.txt" in err
     assert finished(mlflow_store).empty
 
 
-def test_report_without_runs_is_a_clear_error(mlflow_store: str) -> None:
-    result = cli("report", "table2", "--profile", "smoke")
-    assert result.returncode == 2 and "run the study first" in result.stderr
+def test_report_without_runs_is_a_clear_error(mlflow_store: str, capsys: pytest.CaptureFixture) -> None:
+    code, err = in_process(capsys, "report", "table2", "--profile", "smoke")
+    assert code == 2 and "run the study first" in err
 
 
 def test_list_methods() -> None:
