@@ -14,13 +14,9 @@ Departures from the reference: none in what is computed (the class's constructor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
 
-import numpy as np
-
-from methods.base import Batch
-from methods.common.class_weights import PseudoLabelWeighting, proportion_gap_weights
-from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
+from methods.common.class_weights import proportion_gap_weights
+from methods.common.cotraining import ClassWeightedCPS, CoTrainingConfig
 from methods.registry import register
 
 
@@ -31,36 +27,12 @@ class SimiSConfig(CoTrainingConfig):
 
 
 @register("simis")
-class SimiS(TwoNetMethod):
+class SimiS(ClassWeightedCPS):
     title = "SimiS"
     version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
     Config = SimiSConfig
     config: SimiSConfig
-
-    def build(self) -> None:
-        super().build()
-        self.weighting = [PseudoLabelWeighting(self.num_classes, proportion_gap_weights,
-                                               self.config.weight_momentum) for _ in range(2)]
-
-    def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:
-        super().observe_data(labeled_labels, iterations_per_epoch)
-        for weighting in self.weighting:
-            weighting.init_from_labels(labeled_labels, blend_with_uniform=True)
-
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        logits_a, logits_b = self.forward_both(batch)
-        weight_a = self.weighting[0].update(logits_a)  # whole batch, as the reference
-        weight_b = self.weighting[1].update(logits_b)
-        sup, cps = self.weighted_losses(logits_a, logits_b, batch.label_l, weight_a, weight_b)
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"weights": [w.state() for w in self.weighting]}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        for weighting, saved in zip(self.weighting, state["weights"]):
-            weighting.load_state(saved)
+    weight_rule = staticmethod(proportion_gap_weights)
+    blend_initial_weights = True
+    count_whole_batch = True  # the reference counts the whole batch's argmax

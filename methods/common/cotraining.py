@@ -6,12 +6,16 @@ time, i.e. :meth:`TwoNetMethod.predict` returns the mean logits (the harness app
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Batch, Method, MethodConfig
+from methods.common.class_weights import PseudoLabelWeighting
 from methods.common.losses import dice_and_ce
 from methods.common.ramps import sigmoid_rampup
 
@@ -74,3 +78,47 @@ class TwoNetMethod(Method):
 
     def inference_modules(self) -> dict[str, nn.Module]:
         return {"net_a": self.net_a, "net_b": self.net_b}
+
+
+class ClassWeightedCPS(TwoNetMethod):
+    """CPS whose networks each carry count-based class weights (:class:`PseudoLabelWeighting`),
+    refreshed every iteration from their own argmax before the weighted losses (CReST, SimiS).
+
+    Subclasses set ``weight_rule`` (counts -> weights), ``blend_initial_weights`` (one moving-average
+    step from ``w = C`` at initialisation instead of the labeled weights themselves) and
+    ``count_whole_batch`` (count the argmax over labeled + unlabeled crops, or the unlabeled only).
+    Their config needs a ``weight_momentum`` field.
+    """
+
+    weight_rule: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+    blend_initial_weights: ClassVar[bool] = False
+    count_whole_batch: ClassVar[bool] = False
+
+    def build(self) -> None:
+        super().build()
+        rule = type(self).weight_rule
+        self.weighting = [PseudoLabelWeighting(self.num_classes, rule, self.config.weight_momentum)
+                          for _ in range(2)]
+
+    def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:
+        super().observe_data(labeled_labels, iterations_per_epoch)
+        for weighting in self.weighting:
+            weighting.init_from_labels(labeled_labels, blend_with_uniform=self.blend_initial_weights)
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        counted = slice(0, None) if self.count_whole_batch else slice(batch.image_l.shape[0], None)
+        logits_a, logits_b = self.forward_both(batch)
+        weight_a = self.weighting[0].update(logits_a[counted])
+        weight_b = self.weighting[1].update(logits_b[counted])
+        sup, cps = self.weighted_losses(logits_a, logits_b, batch.label_l, weight_a, weight_b)
+        weight = self.cps_weight(step)
+        loss = sup + weight * cps
+        self.optimise(loss)
+        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"weights": [w.state() for w in self.weighting]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        for weighting, saved in zip(self.weighting, state["weights"]):
+            weighting.load_state(saved)
