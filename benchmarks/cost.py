@@ -45,7 +45,7 @@ def all_networks_gflops(method: Method, patch: Sequence[int]) -> float:
     shadow = _shadow(method)
     x = torch.zeros((1, method.in_channels, *patch), device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        for module in shadow.modules().values():
+        for module in shadow.segmentation_networks().values():
             module.eval()
             module(x)
     return counter.get_total_flops() / 1e9

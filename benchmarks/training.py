@@ -187,8 +187,8 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
         lr = poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
                      method.config.poly_power)
         for opt in method.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
+            for group in opt.param_groups:  # lr_scale: a method's second rate (e.g. critics), decayed alike
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(method.device, precision):
             logs = {**method.train_step(sampler.next(), step), "lr": lr}
         if not all(math.isfinite(v) for v in logs.values()):

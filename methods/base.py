@@ -173,6 +173,12 @@ class Method(abc.ABC):
             self.grad_scaler.step(opt)
         self.grad_scaler.update()
 
+    def segmentation_networks(self) -> dict[str, nn.Module]:
+        """Every network that maps images ``(B, 1, D, H, W)`` to logits (student and teacher, both
+        co-trained networks): Table 6's all-networks FLOPs convention runs each once. Default: all
+        modules; a method with other modules (e.g. critics on probability maps) narrows it."""
+        return self.modules()
+
     def modules(self) -> dict[str, nn.Module]:
         """Every ``nn.Module`` attribute (networks, teachers), by attribute name."""
         return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}

@@ -60,7 +60,7 @@ def debiased_pseudo_labels(logits: torch.Tensor, marginal: torch.Tensor, tau: fl
 class DePL(TwoNetMethod):
     title = "DePL"
     version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
+    group = "general"
     Config = DePLConfig
     config: DePLConfig
 

@@ -42,6 +42,7 @@ from methods.common.ga_losses import magic_dice
 from methods.common.magic_cube import as_grid, assemble, location_labels, mix_across_batch, partition, unmix
 from methods.common.magicnet_parts import ClassDistributionLogger, LocationHead, MagicCubeConfig
 from methods.common.ramps import sigmoid_rampup
+from methods.common.uncertainty import clipped_noise
 from methods.common.vnet import VNet
 from methods.registry import register
 
@@ -99,7 +100,7 @@ class MagicNet(Method):
     version = "1"  # bump when what this method computes changes (part of the run key)
     reference_selection = "magicnet"
     reference_augmentation = "none"
-    group = "imbalance"
+    group = "general"
     Config = MagicCubeConfig
     unsupervised_weight_field = "consistency"
     config: MagicCubeConfig
@@ -132,7 +133,7 @@ class MagicNet(Method):
 
     def noisy(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        return x + torch.randn_like(x).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
+        return clipped_noise(x, c.noise_std, c.noise_clip)
 
     # -- losses (GA swaps these) --------------------------------------------------------------
     def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from methods.base import Batch, Method, MethodConfig
 from methods.common.ema import ema_update, make_teacher
 from methods.common.losses import soft_dice_fg, softmax_mse
 from methods.common.ramps import sigmoid_rampup
+from methods.common.uncertainty import clipped_noise
 from methods.registry import register
 
 
@@ -54,7 +55,7 @@ class MeanTeacher(Method):
     def noisy(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's input: ``x + clip(N(0, std^2), -clip, clip)``."""
         c = self.config
-        return x + torch.randn_like(x).mul_(c.noise_std).clamp_(-c.noise_clip, c.noise_clip)
+        return clipped_noise(x, c.noise_std, c.noise_clip)
 
     def step_optimizer(self, loss: torch.Tensor, ema_counter: int) -> None:
         """Backward, SGD step, then the EMA update of the teacher with ``ema_counter``."""

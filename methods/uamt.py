@@ -19,6 +19,7 @@ import torch
 
 from methods.base import Batch
 from methods.common.ramps import sigmoid_rampup
+from methods.common.uncertainty import mc_entropy
 from methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from methods.registry import register
 
@@ -38,18 +39,10 @@ class UAMT(MeanTeacher):
     Config = UAMTConfig
     config: UAMTConfig
 
-    @torch.no_grad()
     def uncertainty(self, image_u: torch.Tensor) -> torch.Tensor:
         """Entropy ``(B_u, D, H, W)`` of the mean softmax over T noisy, dropout-active teacher passes."""
-        passes = self.config.uncertainty_passes
-        repeats = 2 if passes % 2 == 0 else 1  # the reference duplicates the batch: T/2 passes of 2 copies
-        stacked = image_u.repeat(repeats, 1, 1, 1, 1)
-        probs = torch.zeros((image_u.shape[0], self.num_classes, *image_u.shape[2:]), device=image_u.device)
-        for _ in range(passes // repeats):
-            out = self.teacher(self.noisy(stacked)).softmax(1)
-            probs += out.reshape(repeats, *probs.shape).sum(0)
-        probs /= passes
-        return -(probs * torch.log(probs + 1e-6)).sum(1)
+        c = self.config
+        return mc_entropy(self.teacher, image_u, self.num_classes, c.uncertainty_passes, c.noise_std, c.noise_clip)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         c = self.config

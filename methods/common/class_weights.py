@@ -63,10 +63,14 @@ def hard_dice_per_class(logits: torch.Tensor, labels: torch.Tensor, eps: float =
 
 class DifficultyWeighting:
     """DHC's difficulty-aware weights for model A (spec 4.4), updated every iteration from A's
-    labeled output: classes whose Dice drops ("unlearning") or stays low get more weight."""
+    labeled output: classes whose Dice drops ("unlearning") or stays low get more weight.
 
-    def __init__(self, num_classes: int, accumulate_iters: int = 50) -> None:
-        self.num_classes = num_classes
+    ``normalise_max``: DHC scales the scores so that the largest weight is ``C``; A&D (spec 4.15)
+    multiplies them by ``C`` without that normalisation.
+    """
+
+    def __init__(self, num_classes: int, accumulate_iters: int = 50, normalise_max: bool = True) -> None:
+        self.num_classes, self.normalise_max = num_classes, normalise_max
         self.beta = (accumulate_iters - 1) / accumulate_iters
         self.prev_dice = torch.full((num_classes,), 1e-8, dtype=torch.float64)
         self.learned = torch.zeros(num_classes, dtype=torch.float64)
@@ -86,7 +90,7 @@ class DifficultyWeighting:
         difficulty = ((self.unlearned + 1e-8) / (self.learned + 1e-8)) ** 0.2
         self.dice_deficit = b * self.dice_deficit + (1 - b) * (1 - dice)
         score = difficulty * self.dice_deficit
-        self.weights = self.num_classes * score / score.max()
+        self.weights = self.num_classes * (score / score.max() if self.normalise_max else score)
         self.prev_dice = dice
         return self.weights.float().to(logits_labeled.device)
 

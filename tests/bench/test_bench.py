@@ -31,8 +31,8 @@ def cpu_method(name: str):
     return cls(config, AMOS.num_classes, max_iterations=100, patch=PROFILE.patch, class_names=AMOS.class_names)
 
 
-@pytest.mark.parametrize("name", ["supervised", "fully", "mean_teacher", "uamt", "cps", "cld", "crest", "simis", "adsh",
-                                  "depl", "basak", "dhc", "magicnet", "ga", "tak"])
+@pytest.mark.parametrize("name", ["supervised", "fully", "mean_teacher", "uamt", "cps", "desco", "cobionet", "cld",
+                                  "crest", "simis", "adsh", "depl", "basak", "dhc", "and", "magicnet", "ga", "tak"])
 def test_train_step(benchmark, name: str) -> None:
     """One training iteration at the ``cpu`` profile (TAK at an iteration where its contrast is on)."""
     torch.manual_seed(0)
