@@ -166,3 +166,22 @@ def test_cobionet_critics_follow_the_schedule_at_their_own_rate() -> None:
     factor = (1 - 3 / 4) ** 0.9
     assert method.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * factor)
     assert method.optimizers[2].param_groups[0]["lr"] == pytest.approx(1e-4 * factor)
+
+
+def test_cobionet_critic_equals_its_convolutional_form() -> None:
+    """The critic's Linear + BatchNorm1d over voxel rows is the reference's 1x1x1 Conv3d + BatchNorm3d."""
+    from methods.cobionet import Critic
+    torch.manual_seed(0)
+    critic = Critic(NUM_CLASSES)
+    convs: list[torch.nn.Module] = []
+    for layer in critic.layers:
+        if isinstance(layer, torch.nn.Linear):
+            conv = torch.nn.Conv3d(layer.in_features, layer.out_features, 1, bias=False)
+            conv.weight.data = layer.weight.data.reshape(*layer.weight.shape, 1, 1, 1).clone()
+            convs.append(conv)
+        elif isinstance(layer, torch.nn.BatchNorm1d):
+            convs.append(torch.nn.BatchNorm3d(layer.num_features))
+        else:
+            convs.append(torch.nn.LeakyReLU(0.2))
+    probs = torch.rand(2, NUM_CLASSES, 4, 5, 6).softmax(1)
+    torch.testing.assert_close(critic(probs), torch.nn.Sequential(*convs)(probs), rtol=1e-4, atol=1e-5)
