@@ -63,7 +63,7 @@ class DeSCOConfig(MethodConfig):
 @register("desco")
 class DeSCO(TwoNetMethod):
     title = "DeSCO (port)"
-    version = "1"  # bump when what this method computes changes (part of the run key)
+    version = "2"  # bump when what this method computes changes (part of the run key)
     group = "general"
     unsupervised_weight_field = "consistency"
     Config = DeSCOConfig
