@@ -120,10 +120,7 @@ class Adsh(TwoNetMethod):
         mask_b = class_mask(logits_b, buffer_b.observe(logits_b[n_l:]))
         cps = (F.cross_entropy(logits_a * mask_b, logits_b.argmax(1).detach())
                + F.cross_entropy(logits_b * mask_a, logits_a.argmax(1).detach()))
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+        return self.cps_step(sup, cps, step)
 
     def extra_state(self) -> dict[str, Any]:
         return {"buffers": None if self.buffers is None else [dict(vars(b)) for b in self.buffers]}

@@ -109,11 +109,7 @@ class CLD(TwoNetMethod):
         mask_a, mask_b = self.keep_mask(logits_a, self.banks[0]), self.keep_mask(logits_b, self.banks[1])
         cps = (weighted_ce_map(logits_a, logits_b.argmax(1).detach(), weights, mask_a)
                + weighted_ce_map(logits_b, logits_a.argmax(1).detach(), weights, mask_b))
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight,
-                "kept_fraction": float((mask_a.mean() + mask_b.mean()) / 2)}
+        return {**self.cps_step(sup, cps, step), "kept_fraction": float((mask_a.mean() + mask_b.mean()) / 2)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"banks": [vars(b).copy() for b in self.banks], "class_weights": self.class_weights}

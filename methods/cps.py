@@ -33,7 +33,4 @@ class CPS(TwoNetMethod):
         logits_a, logits_b = self.forward_both(batch)
         sup = dice_and_ce(logits_a[:n_l], batch.label_l) + dice_and_ce(logits_b[:n_l], batch.label_l)
         cps = F.cross_entropy(logits_a, logits_b.argmax(1).detach()) + F.cross_entropy(logits_b, logits_a.argmax(1).detach())
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+        return self.cps_step(sup, cps, step)

@@ -84,11 +84,7 @@ class DePL(TwoNetMethod):
             shift_b = torch.cat([torch.zeros_like(logits_b[:n_l]), cfg.tau * torch.log(self.marginals[0]).expand_as(logits_b[n_l:])])
             logits_a, logits_b = logits_a + shift_a, logits_b + shift_b
         cps = weighted_ce_map(logits_a, target_b, voxel_mask=mask_b) + weighted_ce_map(logits_b, target_a, voxel_mask=mask_a)
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight,
-                "pseudo_kept": float((mask_a.mean() + mask_b.mean()) / 2)}
+        return {**self.cps_step(sup, cps, step), "pseudo_kept": float((mask_a.mean() + mask_b.mean()) / 2)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"marginals": [m.clone() for m in self.marginals]}

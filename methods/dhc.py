@@ -51,10 +51,7 @@ class DHC(TwoNetMethod):
         weight_a = self.diff_dw.update(logits_a[:n_l], batch.label_l)
         weight_b = self.dist_dw.update(logits_b[n_l:])
         sup, cps = self.weighted_losses(logits_a, logits_b, batch.label_l, weight_a, weight_b)
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+        return self.cps_step(sup, cps, step)
 
     def extra_state(self) -> dict[str, Any]:
         return {"diff_dw": vars(self.diff_dw).copy(), "dist_dw": vars(self.dist_dw).copy()}

@@ -70,6 +70,14 @@ class TwoNetMethod(Method):
         """One step of both networks' optimisers on the joint loss."""
         self.backward_step(loss)
 
+    def cps_step(self, sup: torch.Tensor, cps: torch.Tensor, step: int) -> dict[str, float]:
+        """The family's update: ``loss = sup + cps_weight(step) * cps``, one step of both optimisers; the
+        common logs (methods add their own)."""
+        weight = self.cps_weight(step)
+        loss = sup + weight * cps
+        self.optimise(loss)
+        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.net_a.eval()
@@ -111,10 +119,7 @@ class ClassWeightedCPS(TwoNetMethod):
         weight_a = self.weighting[0].update(logits_a[counted])
         weight_b = self.weighting[1].update(logits_b[counted])
         sup, cps = self.weighted_losses(logits_a, logits_b, batch.label_l, weight_a, weight_b)
-        weight = self.cps_weight(step)
-        loss = sup + weight * cps
-        self.optimise(loss)
-        return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cps": cps.item(), "cps_weight": weight}
+        return self.cps_step(sup, cps, step)
 
     def extra_state(self) -> dict[str, Any]:
         return {"weights": [w.state() for w in self.weighting]}
