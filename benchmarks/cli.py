@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from benchmarks import tak_cli
 from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="AMOS: ga (default) or dhc; Synapse: dhc (default) or resize")
     prepare.add_argument("--dst", help="output folder (default datasets/<dataset>/prepared)")
     prepare.set_defaults(func=cmd_data_prepare)
+    tak_cli.add_parser(sub)
     return parser
 
 

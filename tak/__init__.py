@@ -7,5 +7,5 @@
   on-disk embedding cache.
 - :mod:`tak.model` / :mod:`tak.contrast`: the text-driven head and the contrastive alignment used by
   the ``tak`` method (``methods/tak.py``).
-- ``python -m tak validate|generate|encoders``.
+- ``python -m benchmarks tak validate|generate|encoders`` (in the harness: the commands read datasets).
 """

@@ -1,6 +1,6 @@
-"""Measuring knowledge claims on label maps (agent 2 of the TAK generator, and ``python -m tak validate``).
+"""Measuring knowledge claims on label maps (agent 2 of the TAK generator, and ``python -m benchmarks tak validate``).
 
-Label maps must be in the harness orientation (:func:`benchmarks.data.prepare.to_lps`): array axes
+Label maps must be in the harness orientation (``benchmarks.data.nifti.read_label_map_lps``): array axes
 ``(x, y, z)`` point towards the patient's **left**, **posterior** and **superior**; spacings are in mm.
 So ``a left_of b`` holds when ``centroid_x(a) - centroid_x(b) > DIRECTION_MARGIN_MM``, ``right_of``
 when it is below ``-DIRECTION_MARGIN_MM``, and likewise for y (posterior/anterior) and z
@@ -37,18 +37,13 @@ it is supported when that share is >= 0.5 and not measurable (``None``) when no 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from benchmarks.data.anatomy import convex_hull_ratio
-from benchmarks.data.nifti import read_nifti
-from benchmarks.data.prepare import to_lps
 from tak.knowledge import Claim, KnowledgeBase, check_claim
 
 DIRECTION_MARGIN_MM = 2.0
@@ -59,6 +54,31 @@ TUBULAR_ASPECT = 3.0
 COMPACT_HULL = 1.6
 CURVED_HULL = 1.8
 SUPPORT_SHARE = 0.5
+
+
+def _corner_points(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Unique corner coordinates (mm) of the mask's surface voxels."""
+    surface = mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
+    centres = np.argwhere(surface).astype(np.float64)
+    offsets = np.array([[dx, dy, dz] for dx in (-.5, .5) for dy in (-.5, .5) for dz in (-.5, .5)])
+    corners = (centres[:, None, :] + offsets[None]).reshape(-1, 3)
+    return np.unique(corners, axis=0) * np.asarray(spacing, dtype=np.float64)
+
+
+def convex_hull_ratio(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """Convex hull volume of the voxel corners / voxel volume of ``mask`` (NaN if empty).
+
+    >>> cube = np.zeros((6, 6, 6), bool); cube[1:4, 1:4, 1:4] = True
+    >>> round(convex_hull_ratio(cube), 6)
+    1.0
+    """
+    if not mask.any():
+        return float("nan")
+    volume = float(mask.sum()) * float(np.prod(spacing))
+    try:
+        return ConvexHull(_corner_points(mask, spacing)).volume / volume
+    except QhullError:  # flat masks cannot have a 3-D hull
+        return 1.0
 
 # relation -> (axis, sign): the subject lies on the +sign side of the object along that array axis
 DIRECTIONS = {"left_of": (0, 1.0), "right_of": (0, -1.0), "posterior_to": (1, 1.0), "anterior_to": (1, -1.0),
@@ -260,12 +280,3 @@ def validate_knowledge(kb: KnowledgeBase, label_maps: Sequence[np.ndarray], spac
     columns = ["organ", "claim", "subject", "relation", "object", "unit", "n_volumes", "support_share", "measured",
                "supported", "detail"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def load_label_map(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A label NIfTI reoriented to the harness LPS axes (as ``benchmarks/data/prepare.py`` does):
-    ``(int64 array (x, y, z), spacing mm)``; errors name the file."""
-    data, affine, _ = read_nifti(Path(path))
-    img = to_lps(nib.Nifti1Image(np.asarray(data), affine))
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.asarray(img.dataobj).astype(np.int64), spacing  # type: ignore[return-value]

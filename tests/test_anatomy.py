@@ -7,9 +7,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks.data.anatomy import (AMOS_0013_VOXEL_SHARE, convex_hull_ratio, organ_statistics,
+from benchmarks.data.anatomy import (AMOS_0013_VOXEL_SHARE, organ_statistics,
                                      reference_foreground_shares)
 from benchmarks.data.synthetic import AMOS_CLASSES, SyntheticAbdomen
+from tak.validator import convex_hull_ratio
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 

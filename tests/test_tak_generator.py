@@ -1,4 +1,4 @@
-"""The two-agent generator and ``python -m tak`` against a real local HTTP server speaking the
+"""The two-agent generator and ``python -m benchmarks tak`` against a real local HTTP server speaking the
 OpenAI chat-completions protocol with canned answers (no network, seconds)."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 from benchmarks.config import PROJECT_ROOT
 from benchmarks.data.synthetic import write_cohort
 from benchmarks.errors import ConfigError
-from tak.cli import main
+from benchmarks.cli import main
 from tak.generator import POSITION_TEMPLATE, SHAPE_TEMPLATE, generate_knowledge, parse_claims
 from tak.knowledge import KNOWLEDGE_DIR, Claim, load_knowledge
 from tak.llm import ChatClient, LLMError
@@ -233,27 +233,26 @@ def test_cli_generate_end_to_end(llm: FakeLLM, tiny_data: Path, tmp_path: Path, 
     for key, value in _env(llm).items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "generated.yaml"
-    assert main(["generate", "amos", "--data", str(tiny_data), "--out", str(out)]) == 0
+    assert main(["tak", "generate", "amos", "--data", str(tiny_data), "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert f"wrote {out}" in printed.out and SECRET not in printed.out + printed.err
     kb = load_knowledge(out)
     assert kb.extra["generated"]["labeled_volumes"] == 2  # the labeled_5p split of the tiny cohort
     assert Claim("spleen", "left_of", "liver") in kb.claims and SECRET not in out.read_text()
     before, n_requests = out.read_text(), len(llm.requests)
-    assert main(["generate", "amos", "--data", str(tiny_data), "--out", str(out)]) == 2
+    assert main(["tak", "generate", "amos", "--data", str(tiny_data), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "refusing to overwrite" in err and out.read_text() == before and len(llm.requests) == n_requests
     # the real entry point, in a subprocess, with the environment pointing at the server
     out2 = tmp_path / "generated2.yaml"
     env = {**os.environ, **_env(llm)}
-    proc = subprocess.run([sys.executable, "-m", "tak", "generate", "amos", "--data", str(tiny_data), "--out",
-                           str(out2)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "benchmarks", "tak", "generate", "amos", "--data", str(tiny_data), "--out"]
+    proc = subprocess.run([*command, str(out2)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out2.is_file() and SECRET not in proc.stdout + proc.stderr + out2.read_text()
     env.pop("ORGANBENCH_LLM_MODEL")
-    proc = subprocess.run([sys.executable, "-m", "tak", "generate", "amos", "--data", str(tiny_data), "--out",
-                           str(tmp_path / "x.yaml")], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([*command, str(tmp_path / "x.yaml")], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2 and "no LLM model" in proc.stderr and SECRET not in proc.stderr
 
 
@@ -267,7 +266,7 @@ def test_cli_validate_with_real_map_and_skip(tiny_data: Path, tmp_path: Path, ca
                   "  aorta: {position: Middle., shape: Tube., claims: [{subject: aorta, relation: tubular}]}\n")
     out = tmp_path / "report"
     missing = tmp_path / "absent.nii.gz"
-    assert main(["validate", "amos", "--data", str(tiny_data), "--knowledge", str(kb), "--real", str(missing),
+    assert main(["tak", "validate", "amos", "--data", str(tiny_data), "--knowledge", str(kb), "--real", str(missing),
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"real data skipped: {missing} not found" in printed
@@ -275,12 +274,12 @@ def test_cli_validate_with_real_map_and_skip(tiny_data: Path, tmp_path: Path, ca
     # a real map stored in RAS order: the CLI reorients it to LPS before measuring
     ras = _label()[::-1, ::-1, :].copy()
     nib.save(nib.Nifti1Image(ras, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "real.nii.gz"))
-    assert main(["validate", "amos", "--data", str(tiny_data), "--knowledge", str(kb), "--real",
+    assert main(["tak", "validate", "amos", "--data", str(tiny_data), "--knowledge", str(kb), "--real",
                  str(tmp_path / "real.nii.gz"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "claims the real CT contradicts: 1" in printed and "CONTRADICTED spleen anterior_to liver" in printed
     assert "2/3 measurable claims supported (67%)" in printed
     md = (out / "amos.md").read_text()
     assert "## Claims the real CT contradicts" in md and "- spleen anterior_to liver" in md
-    assert main(["validate", "amos", "--data", str(tiny_data), "--knowledge", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["tak", "validate", "amos", "--data", str(tiny_data), "--knowledge", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: knowledge file not found" in capsys.readouterr().err

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from benchmarks.config import PROJECT_ROOT
+from benchmarks.data.prepare import read_label_map_lps
 from benchmarks.errors import ConfigError
 from tak.knowledge import Claim, load_knowledge
-from tak.validator import ADJACENT_MM, load_label_map, validate_claims, validate_knowledge
+from tak.validator import ADJACENT_MM, validate_claims, validate_knowledge
 
 INDEX = {"background": 0, "a": 1, "b": 2, "c": 3}
 REAL = PROJECT_ROOT.parent / "shared" / "realdata"
@@ -144,12 +145,12 @@ def test_validate_knowledge_one_row_per_claim(tmp_path: Path) -> None:
     assert list(table["supported"]) == [True, False, True] and list(table["organ"]) == ["a", "b", "b"]
 
 
-def test_load_label_map_reorients_to_lps(tmp_path: Path) -> None:
+def test_read_label_map_lps_reorients_to_lps(tmp_path: Path) -> None:
     data = np.zeros((8, 6, 4), np.uint8)
     data[0, 0, 0] = 1  # RAS array: x grows to the right, y to anterior: this is the left-posterior corner
     path = tmp_path / "ras.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 3.0, 4.0, 1.0])), str(path))
-    label, spacing = load_label_map(path)
+    label, spacing = read_label_map_lps(path)
     assert spacing == (2.0, 3.0, 4.0) and label.shape == (8, 6, 4)
     assert label[7, 5, 0] == 1  # LPS: that corner is at the highest x (left) and highest y (posterior)
 
@@ -157,7 +158,7 @@ def test_load_label_map_reorients_to_lps(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (REAL / "ts_example_ct_label_amos15.nii.gz").is_file(),
                     reason="../shared/realdata (real CT labels) is absent on this machine")
 def test_real_ct_orientation_and_shipped_claims() -> None:
-    label, spacing = load_label_map(REAL / "ts_example_ct_label_amos15.nii.gz")
+    label, spacing = read_label_map_lps(REAL / "ts_example_ct_label_amos15.nii.gz")
     idx = {name: i for i, name in enumerate(load_knowledge("amos").organs)}
     liver = np.argwhere(label == idx["liver"]).mean(0)
     spleen = np.argwhere(label == idx["spleen"]).mean(0)

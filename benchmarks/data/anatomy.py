@@ -2,11 +2,8 @@
 
 Per organ: share of the foreground (its voxels / all organ voxels), convex-hull volume ratio
 (volume of the convex hull of the voxels' corners / organ volume, 3-D; 1 for a box, larger for
-curved or branching shapes), centroid and extent in mm.
-
->>> cube = np.zeros((6, 6, 6), np.uint8); cube[1:4, 1:4, 1:4] = 1
->>> round(convex_hull_ratio(cube == 1), 6)
-1.0
+curved or branching shapes; :func:`tak.validator.convex_hull_ratio`, which TAK's shape claims use
+too), centroid and extent in mm.
 """
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
+
+from tak.validator import convex_hull_ratio
 
 # Foreground share (%) of each organ in the real AMOS22 validation case 0013 (manual labels), from
 # ../shared/realdata/README.md: voxel share of the whole volume, renormalised below to the foreground.
@@ -31,26 +28,6 @@ def reference_foreground_shares() -> dict[str, float]:
     """AMOS case 0013's share of the foreground per organ (fractions summing to 1)."""
     total = sum(AMOS_0013_VOXEL_SHARE.values())
     return {organ: share / total for organ, share in AMOS_0013_VOXEL_SHARE.items()}
-
-
-def _corner_points(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Unique corner coordinates (mm) of the mask's surface voxels."""
-    surface = mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
-    centres = np.argwhere(surface).astype(np.float64)
-    offsets = np.array([[dx, dy, dz] for dx in (-.5, .5) for dy in (-.5, .5) for dz in (-.5, .5)])
-    corners = (centres[:, None, :] + offsets[None]).reshape(-1, 3)
-    return np.unique(corners, axis=0) * np.asarray(spacing, dtype=np.float64)
-
-
-def convex_hull_ratio(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """Convex hull volume of the voxel corners / voxel volume of ``mask`` (NaN if empty)."""
-    if not mask.any():
-        return float("nan")
-    volume = float(mask.sum()) * float(np.prod(spacing))
-    try:
-        return ConvexHull(_corner_points(mask, spacing)).volume / volume
-    except QhullError:  # flat masks cannot have a 3-D hull
-        return 1.0
 
 
 def organ_statistics(labels: Sequence[np.ndarray], spacings: Sequence[Sequence[float]],

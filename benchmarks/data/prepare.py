@@ -50,6 +50,15 @@ def to_lps(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return img.as_reoriented(ornt)
 
 
+def read_label_map_lps(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A label NIfTI reoriented to the harness axes (as :func:`prepare_case` does): ``(int64 array
+    (x, y, z), spacing mm)``; a :class:`DatasetError` names the file otherwise."""
+    data, affine, _ = read_nifti(Path(path))
+    img = to_lps(nib.Nifti1Image(np.asarray(data), affine))
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return np.asarray(img.dataobj).astype(np.int64), spacing  # type: ignore[return-value]
+
+
 def resample_case(image: np.ndarray, label: np.ndarray, spacing: tuple[float, ...],
                   shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Resize to ``shape``: trilinear (align_corners=False) for HU, nearest for labels; new spacing."""

@@ -1,4 +1,7 @@
-"""``python -m tak``: validate the textual anatomical knowledge, generate it with an LLM, list encoders.
+"""``python -m benchmarks tak``: validate the textual anatomical knowledge, generate it with an LLM, list encoders.
+
+The commands read datasets (splits, label NIfTIs) through the harness, so they live here and not in
+``tak`` (which never imports the harness).
 
 ``validate DATASET`` measures every claim of the knowledge on (a) all label maps of the synthetic
 cohort of ``--profile`` (generated once if missing) and (b) real label maps (``--real``; by default
@@ -8,16 +11,13 @@ the real CT label of ``../shared/realdata``, skipped with a reason when absent),
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.config import PROJECT_ROOT, load_profile
-from methods.common.errors import OrganbenchError
+from benchmarks.data.prepare import read_label_map_lps
 
 REALDATA_DIR = PROJECT_ROOT.parent / "shared" / "realdata"
 DEFAULT_REAL = {"amos": "ts_example_ct_label_amos15.nii.gz", "synapse": "ts_example_ct_label_btcv13.nii.gz"}
@@ -29,7 +29,6 @@ def _dataset_labels(args: argparse.Namespace, all_cases: bool) -> tuple[str, lis
     ``--data DIR``: all its cases, or (``all_cases=False``) its labeled split."""
     from benchmarks.data import read_split, split_name
     from benchmarks.data.sources import resolve_dataset
-    from tak.validator import load_label_map
     info = resolve_dataset(args.dataset, load_profile(args.profile), getattr(args, "data", None))
     if all_cases:
         ids = list(dict.fromkeys(i for part in ("train", "eval", "test") for i in read_split(info, part)))
@@ -38,7 +37,7 @@ def _dataset_labels(args: argparse.Namespace, all_cases: bool) -> tuple[str, lis
         ids = read_split(info, split_name(ratio, "labeled"))
     if getattr(args, "max_cases", None):
         ids = ids[:args.max_cases]
-    maps = [load_label_map(info.label_path(i)) for i in ids]
+    maps = [read_label_map_lps(info.label_path(i)) for i in ids]
     kind = "SYNTHETIC" if info.synthetic else "real"
     return f"{info.name} ({kind}, {len(ids)} label maps)", [m for m, _ in maps], [s for _, s in maps], \
         {name: i for i, name in enumerate(info.class_names)}
@@ -62,7 +61,7 @@ def _verdict(synthetic: object, real: object) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from tak.knowledge import knowledge_sha256, load_knowledge
-    from tak.validator import load_label_map, validate_knowledge
+    from tak.validator import validate_knowledge
     kb = load_knowledge(args.knowledge or args.dataset)
     name, maps, spacings, index = _dataset_labels(args, all_cases=True)
     print(f"knowledge {kb.version} ({kb.path}), {len(kb.claims)} claims; sha256 {knowledge_sha256(kb)[:16]}")
@@ -78,7 +77,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"real data skipped: {path} not found (the shared real CT folder is absent on this machine)")
     real_name = "none"
     if present:
-        real_maps = [load_label_map(p) for p in present]
+        real_maps = [read_label_map_lps(p) for p in present]
         real_name = ", ".join(Path(p).name for p in present)
         print(f"measuring on real label map(s): {real_name} ...", flush=True)
         real = validate_knowledge(kb, [m for m, _ in real_maps], [s for _, s in real_maps], index)
@@ -140,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tak.llm import ChatClient
     client = ChatClient(base_url=args.base_url, model=args.model, timeout_s=args.timeout)
     if Path(args.out).exists():  # fail before any LLM call
-        from methods.common.errors import ConfigError
+        from benchmarks.errors import ConfigError
         raise ConfigError(f"{args.out}: refusing to overwrite an existing file; choose a new --out path")
     name, maps, spacings, index = _dataset_labels(args, all_cases=False)
     class_names = sorted(index, key=index.__getitem__)
@@ -160,11 +159,12 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tak", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    val = sub.add_parser("validate", help="measure the knowledge's claims on synthetic and real label maps")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``tak validate|generate|encoders`` under the harness CLI's subcommands."""
+    tak = sub.add_parser("tak", help="TAK's knowledge: validate claims, generate them with an LLM, list encoders",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tak_sub = tak.add_subparsers(dest="tak_command", required=True)
+    val = tak_sub.add_parser("validate", help="measure the knowledge's claims on synthetic and real label maps")
     val.add_argument("dataset", choices=["amos", "synapse"])
     val.add_argument("--knowledge", help="knowledge YAML (default: the shipped tak/knowledge/DATASET.yaml)")
     val.add_argument("--profile", default="cpu", help="profile whose synthetic cohort is used (default cpu)")
@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--max-cases", type=int, help="use only the first N synthetic cases (default all)")
     val.add_argument("--out", help="output folder (default reports/out/tak_validate)")
     val.set_defaults(func=cmd_validate)
-    gen = sub.add_parser("generate", help="two-agent LLM knowledge generation (OpenAI-compatible endpoint)",
-                         description="Endpoint from --base-url/--model or ORGANBENCH_LLM_BASE_URL, "
-                         "ORGANBENCH_LLM_MODEL; key only from ORGANBENCH_LLM_API_KEY (or OPENAI_API_KEY).")
+    gen = tak_sub.add_parser("generate", help="two-agent LLM knowledge generation (OpenAI-compatible endpoint)",
+                             description="Endpoint from --base-url/--model or ORGANBENCH_LLM_BASE_URL, "
+                             "ORGANBENCH_LLM_MODEL; key only from ORGANBENCH_LLM_API_KEY (or OPENAI_API_KEY).")
     gen.add_argument("dataset", choices=["amos", "synapse"])
     gen.add_argument("--out", required=True, help="new knowledge YAML to write (never overwritten)")
     gen.add_argument("--profile", default="cpu")
@@ -187,15 +187,4 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model")
     gen.add_argument("--timeout", type=float, default=120.0, help="seconds per LLM request")
     gen.set_defaults(func=cmd_generate)
-    sub.add_parser("encoders", help="describe the available text encoders").set_defaults(func=cmd_encoders)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except OrganbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    tak_sub.add_parser("encoders", help="describe the available text encoders").set_defaults(func=cmd_encoders)
