@@ -74,10 +74,11 @@ def render_budget_check(experiment: str, profile: str, out_dir: Path, budget: in
 
 def _plot(path: Path, frame: pd.DataFrame, budget: int, title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True)
-    colours = plt.get_cmap("tab10")
+    colours, markers = plt.get_cmap("tab20"), "osD^v<>ph"  # 20 colours x 9 markers: 18 methods stay apart
     for ax, column in zip(axes, COLUMNS):
         for i, (method, rows) in enumerate(frame.groupby("method", sort=True)):
-            ax.plot(rows["iterations"], rows[column], marker="o", color=colours(i % 10), label=method)
+            ax.plot(rows["iterations"], rows[column], marker=markers[i % len(markers)], color=colours(i % 20),
+                    label=method)
         ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(frame["iterations"].unique()), [str(v) for v in sorted(frame["iterations"].unique())])

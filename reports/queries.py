@@ -65,18 +65,10 @@ def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None =
     in_study = runs[runs["tags.run_key"].isin(keys)]
     mine = in_study.groupby("tags.run_key").tail(1)  # duplicates (older versions' races): the newest
     others = runs.drop(mine.index).copy()
-    cell_ids = {(str(c["method"]), str(c["seed"])) for c in cells}
-    budgets = {(str(c["method"]), str(c["seed"])): str(c.get("iterations", "")) for c in cells}
-    methods = {str(c["method"]) for c in cells}
     iterations = others["tags.iterations"] if "tags.iterations" in others else pd.Series([""] * len(others),
                                                                                         index=others.index)
-    others["reason"] = [
-        "duplicate finished run of a study cell" if key in keys else
-        "another budget (the budget check)" if (m, s) in cell_ids and budgets.get((m, s)) and it == it and
-        str(it) != budgets[(m, s)] else
-        "another configuration, data or code version of a study cell" if (m, s) in cell_ids else
-        "seed not in the study" if m in methods else "method not in the study"
-        for key, m, s, it in zip(others["tags.run_key"], others["tags.method"], others["tags.seed"], iterations)]
+    others["reason"] = [why_not_in_study(cells, key, m, s, it) for key, m, s, it in
+                        zip(others["tags.run_key"], others["tags.method"], others["tags.seed"], iterations)]
     missing = [c for c in cells if str(c["run_key"]) not in set(mine["tags.run_key"])]
     if mine.empty:
         hint = (f" ({len(others)} other finished run(s) there belong to another configuration, seed, dataset "
@@ -97,11 +89,34 @@ def finished_runs(study: str, profile: str, tracking_uri: str | None = None,
     return study_runs(study, profile, cells, tracking_uri).runs
 
 
+def why_not_in_study(cells: list[dict[str, object]], run_key: str, method: str, seed: str,
+                     iterations: object) -> str:
+    """Why a finished run is not one of ``cells`` (a budget study has several budgets per method and seed).
+
+    >>> cells = [{"method": "dhc", "seed": "0", "run_key": k, "iterations": i} for k, i in (("a", 150), ("b", 300))]
+    >>> why_not_in_study(cells, "c", "dhc", "0", "600"), why_not_in_study(cells, "d", "dhc", "0", "300")
+    ('another budget (the budget check)', 'another configuration, data or code version of a study cell')
+    >>> why_not_in_study(cells, "a", "dhc", "0", "150"), why_not_in_study(cells, "e", "dhc", "1", "300")
+    ('duplicate finished run of a study cell', 'seed not in the study')
+    """
+    if run_key in {str(c["run_key"]) for c in cells}:
+        return "duplicate finished run of a study cell"
+    mine = [c for c in cells if (str(c["method"]), str(c["seed"])) == (method, seed)]
+    budgets = {str(c["iterations"]) for c in mine if c.get("iterations")}
+    if budgets and iterations == iterations and str(iterations) not in budgets:  # (NaN != NaN: no tag)
+        return "another budget (the budget check)"
+    if mine:
+        return "another configuration, data or code version of a study cell"
+    return "seed not in the study" if method in {str(c["method"]) for c in cells} else "method not in the study"
+
+
 def others_note(selected: StudyRuns) -> list[str]:
     """Footnote lines: the study cells not finished yet and the runs that are not part of the study."""
     lines = []
     if selected.missing:
-        names = ", ".join(f"{c['method']} seed {c['seed']}" for c in selected.missing)
+        several_budgets = len({c.get("iterations") for c in selected.cells}) > 1
+        names = ", ".join(f"{c['method']} seed {c['seed']}" + (f" at {c['iterations']} iterations" if several_budgets
+                                                                else "") for c in selected.missing)
         lines.append(f"Not finished yet ({len(selected.missing)} of {len(selected.cells)} cells): {names}.")
     if len(selected.others):
         groups = selected.others.groupby(["reason", "tags.method"])["tags.seed"].apply(
