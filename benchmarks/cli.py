@@ -187,20 +187,15 @@ def _dataset_for(args: argparse.Namespace):
 def cmd_data_stats(args: argparse.Namespace) -> int:
     """Per-organ anatomy statistics of the labeled training cases (or of one label file)."""
     import mlflow
-    import nibabel as nib
-    import numpy as np
 
     from benchmarks.data import read_case, read_split, split_name
     from benchmarks.data.anatomy import organ_statistics, reference_foreground_shares
-    from benchmarks.data.nifti import read_nifti
     from benchmarks.tracking import ensure_experiment, setup_tracking
     if args.label_file:
+        from benchmarks.data.prepare import read_label_map_lps
         from benchmarks.data.synthetic import AMOS_CLASSES
-        from benchmarks.data.prepare import to_lps
-        read_nifti(Path(args.label_file))  # validates and names the file on failure
-        img = to_lps(nib.load(args.label_file))
-        data, spacing = np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
-        labels, spacings, organs, name, kind = [data.astype(np.int64)], [spacing], AMOS_CLASSES[1:], Path(args.label_file).name, "real"
+        data, spacing = read_label_map_lps(args.label_file)  # errors name the file
+        labels, spacings, organs, name, kind = [data], [spacing], AMOS_CLASSES[1:], Path(args.label_file).name, "real"
     else:
         info = _dataset_for(args)
         ids = read_split(info, split_name(args.labeled_ratio, "labeled"))

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.config import PROJECT_ROOT, load_profile
+from benchmarks.data import read_split, split_name
 from benchmarks.data.prepare import read_label_map_lps
+from benchmarks.data.sources import resolve_dataset
 
 REALDATA_DIR = PROJECT_ROOT.parent / "shared" / "realdata"
 DEFAULT_REAL = {"amos": "ts_example_ct_label_amos15.nii.gz", "synapse": "ts_example_ct_label_btcv13.nii.gz"}
@@ -27,8 +29,6 @@ DEFAULT_LABELED_RATIO = {"amos": 0.05, "synapse": 0.2}
 def _dataset_labels(args: argparse.Namespace, all_cases: bool) -> tuple[str, list[np.ndarray], list, dict[str, int]]:
     """``(name, label maps, spacings, label index)`` of the synthetic cohort of ``--profile`` or of
     ``--data DIR``: all its cases, or (``all_cases=False``) its labeled split."""
-    from benchmarks.data import read_split, split_name
-    from benchmarks.data.sources import resolve_dataset
     info = resolve_dataset(args.dataset, load_profile(args.profile), getattr(args, "data", None))
     if all_cases:
         ids = list(dict.fromkeys(i for part in ("train", "eval", "test") for i in read_split(info, part)))

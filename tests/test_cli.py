@@ -138,3 +138,23 @@ def test_crashed_run_is_failed_never_finished(tiny_cohort: Path, mlflow_store: s
     runs = mlflow.search_runs(experiment_names=["table2"])
     assert set(runs["status"]) == {"FAILED"}  # the cell and its launch
     assert finished(mlflow_store).empty
+
+
+def test_data_stats_of_one_label_file_and_of_a_corrupt_one(tmp_path: Path, mlflow_store: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``data stats --label-file``: the file is read into LPS axes once; a corrupt file is named, exit 2."""
+    import nibabel as nib
+    import numpy as np
+    label = np.zeros((12, 10, 8), np.uint8)
+    label[1:5, 2:6, 1:4] = 6   # liver, 48 voxels
+    label[7:9, 2:4, 1:3] = 1   # spleen, 8 voxels
+    path = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 3.0, 1.0])), str(path))
+    assert main(["data", "stats", "--label-file", str(path), "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(next((tmp_path / "out").glob("*.csv"))).set_index("organ")
+    assert table.loc["liver", "voxel_share"] == pytest.approx(48 / 56)
+    assert table.loc["spleen", "voxel_share"] == pytest.approx(8 / 56)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("not a NIfTI")
+    assert main(["data", "stats", "--label-file", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert str(bad) in capsys.readouterr().err
