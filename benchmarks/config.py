@@ -37,7 +37,8 @@ class Profile:
     log_every: int
     device: str
     checkpoint_every: int = 0  # iterations between training checkpoints (0: none); not part of the run key
-    precision: str = "fp32"  # fp32 | fp16 (CUDA: autocast + GradScaler) | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | fp16 (CUDA: autocast + GradScaler) | bf16 (autocast) | auto (in the
+    # file only: bf16 on a CPU with native bfloat16, else fp32; resolved when loaded, so the run key has it)
     model_selection: str = "last"  # a rule of benchmarks.selection, or "reference"; a study may override
     augmentation: str = "none"  # none | flip_xy | reference; a study may override
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
@@ -122,12 +123,12 @@ def load_profile(name: str) -> Profile:
         if axis % 16:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
     from benchmarks.selection import RULES
-    from benchmarks.training import AUGMENTATIONS, PRECISIONS
-    for key, known in (("precision", PRECISIONS), ("model_selection", (*RULES, "reference")),
+    from benchmarks.training import AUGMENTATIONS, PRECISIONS, resolve_precision
+    for key, known in (("precision", (*PRECISIONS, "auto")), ("model_selection", (*RULES, "reference")),
                        ("augmentation", (*AUGMENTATIONS, "reference"))):
         if getattr(profile, key) not in known:
             raise ConfigError(f"{PROFILES_FILE}:{name}: {key} {getattr(profile, key)!r} is not one of {sorted(known)}")
-    return profile
+    return dataclasses.replace(profile, precision=resolve_precision(profile.precision, profile.device))
 
 
 def study_path(name_or_path: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -135,6 +136,30 @@ class TrainingDiverged(OrganbenchError):
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of native bfloat16 arithmetic
+
+
+def cpu_flags() -> set[str]:
+    """The ``flags`` of ``/proc/cpuinfo`` (empty where there is none, e.g. not on Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """A profile's ``precision`` as trained: ``auto`` is ``bf16`` on a CPU with native bfloat16
+    (AVX-512 BF16 or AMX: about 1.2-1.3x faster whole runs at the ``cpu`` profile, loss curves as fp32's)
+    and ``fp32`` elsewhere (emulated bf16 ran about 35x slower than fp32 on an AVX2 CPU). Others unchanged.
+
+    >>> resolve_precision("fp16", "cuda")
+    'fp16'
+    """
+    if precision != "auto":
+        return precision
+    native = torch.device(device).type == "cpu" and bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
+    return "bf16" if native else "fp32"
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:

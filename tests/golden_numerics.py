@@ -4,7 +4,12 @@ Run keys contain each method's ``version``, the generator's ``version`` and ``HA
 that a behaviour change trains new runs instead of reusing old numbers. ``tests/test_versions.py``
 recomputes these fingerprints and fails when the numbers moved while the version stayed the same.
 
-After a deliberate change: bump the version, then record the new fingerprints::
+Float results differ between CPU kernels (the same step on AVX2 and on AVX-512 moves a fingerprint
+by far more than the tolerance), so fingerprints are kept per ``torch.backends.cpu.get_cpu_capability()``
+in ``golden/numerics-<CAPABILITY>.json``; a machine compares with its own kind's file.
+
+After a deliberate change: bump the version, then record the new fingerprints (on each CPU kind you
+can; an entry recorded at its current version on another kind only is skipped here, not failed)::
 
     .venv/bin/python tests/golden_numerics.py --update            # every entry whose version changed
     .venv/bin/python tests/golden_numerics.py --update --force NAME  # one entry, whatever its version
@@ -23,7 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-GOLDEN_FILE = Path(__file__).resolve().parent / "golden" / "numerics.json"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+CAPABILITY = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+GOLDEN_FILE = GOLDEN_DIR / f"numerics-{CAPABILITY}.json"
 PATCH, CUBE_PATCH, NUM_CLASSES = (16, 16, 16), (32, 32, 32), 4
 CLASS_NAMES = ["background", "spleen", "right_kidney", "left_kidney"]
 STEPS = 3
@@ -98,7 +105,14 @@ def entries() -> dict[str, Any]:
 
 
 def load() -> dict[str, Any]:
+    """This CPU kind's fingerprints (empty when none were recorded on it)."""
     return json.loads(GOLDEN_FILE.read_text()) if GOLDEN_FILE.is_file() else {}
+
+
+def load_all() -> dict[str, dict[str, Any]]:
+    """Every CPU kind's fingerprints: ``{capability: {name: fingerprint}}``."""
+    return {path.stem.removeprefix("numerics-"): json.loads(path.read_text())
+            for path in sorted(GOLDEN_DIR.glob("numerics-*.json"))}
 
 
 def main() -> int:
@@ -116,7 +130,8 @@ def main() -> int:
     if args.update and changed:
         GOLDEN_FILE.parent.mkdir(exist_ok=True)
         GOLDEN_FILE.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
-    print(("recorded: " if args.update else "would record (pass --update): ") + (", ".join(changed) or "nothing"))
+    print(("recorded" if args.update else "would record (pass --update)") + f" in {GOLDEN_FILE.name}: "
+          + (", ".join(changed) or "nothing"))
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common.vnet import Norm, norm_layer
+from methods.common.vnet import Conv3x3x3, Norm, norm_layer
 
 TIME_EMBED_IN, TIME_EMBED_OUT = 128, 512
 
@@ -67,7 +67,7 @@ class Unit(nn.Module):
 
 def stage(n_units: int, in_ch: int, out_ch: int, norm: Norm, dropout: float, timed: bool) -> nn.ModuleList:
     """``n_units`` 3x3x3 units; time fusion on every unit but the last (as the reference)."""
-    return nn.ModuleList([Unit(nn.Conv3d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1), out_ch, norm, dropout,
+    return nn.ModuleList([Unit(Conv3x3x3(in_ch if i == 0 else out_ch, out_ch), out_ch, norm, dropout,
                                timed and i < n_units - 1) for i in range(n_units)])
 
 

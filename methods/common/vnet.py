@@ -33,13 +33,35 @@ def norm_layer(kind: Norm, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}: expected batch, instance, group or none")
 
 
+class Conv3x3x3(nn.Conv3d):
+    """``nn.Conv3d(in_ch, out_ch, 3, padding=1)`` that runs in fp32 under CPU bfloat16 autocast when the
+    input has a spatial extent of 2 or less.
+
+    oneDNN's bfloat16 weight gradient of this convolution is wrong when the depth is 2 (torch 2.14.1 on
+    a CPU with AVX-512 BF16: relative errors from about 1 to inf, so NaN within a step, while the
+    forward pass and the input gradient are right; ``tests/test_precision.py``). The V-Net's
+    bottleneck on a 32^3 patch is 2x2x2; such layers cost almost nothing in fp32. Parameters, state
+    and fp32 results are those of ``nn.Conv3d``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and min(x.shape[2:]) <= 2 and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class ConvStage(nn.Sequential):
     """``n_convs`` x (Conv3d 3x3x3 -> Norm -> ReLU)."""
 
     def __init__(self, n_convs: int, in_ch: int, out_ch: int, norm: Norm) -> None:
         layers: list[nn.Module] = []
         for i in range(n_convs):
-            layers += [nn.Conv3d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1), norm_layer(norm, out_ch),
+            layers += [Conv3x3x3(in_ch if i == 0 else out_ch, out_ch), norm_layer(norm, out_ch),
                        nn.ReLU(inplace=True)]
         super().__init__(*layers)
 

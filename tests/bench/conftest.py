@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.training import cpu_flags
+
 
 def cpu_peak_gflops() -> tuple[float, str]:
     """Nominal fp32 peak of the cores this process may use, and how it was computed."""
@@ -19,7 +21,7 @@ def cpu_peak_gflops() -> tuple[float, str]:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return float("nan"), "unknown (no /proc/cpuinfo)"
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags()
     mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
     cores = len(os.sched_getaffinity(0))
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
