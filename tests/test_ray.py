@@ -36,7 +36,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     """A local Ray head with 2 CPUs (each cell asks for 1: two workers run at once)."""
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token authentication off explicitly: a token that an earlier local Ray instance left in
+    # ~/.ray/auth_token would otherwise turn it on for this head while the test client runs without it.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     f"--temp-dir={temp}", "--disable-usage-stats"], check=True, env=env, capture_output=True,
                    timeout=180)
