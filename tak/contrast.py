@@ -8,6 +8,8 @@ contrastive loss over voxel and text anchors.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,9 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
 
     As the reference, a class with at most ``per_class`` voxels contributes all of them, in order,
     without drawing random numbers; ``draw_all`` permutes every class (the suite's version 1, which
-    consumed the random stream for every class).
+    consumed the random stream for every class). The draws are made view by view, class by class;
+    the embeddings are then read with one gather (one index per voxel in the backward pass rather
+    than a full-size gradient per class and view).
 
     Args:
         embeddings: ``(V, K, D, H, W)`` voxel embeddings of ``V`` views.
@@ -31,28 +35,26 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
     Returns:
         ``(N, K)`` sampled embeddings and their ``(N,)`` labels.
     """
-    feats, classes = [], []
-    flat = embeddings.flatten(2)  # (V, K, voxels)
+    voxels_per_view = labels[0].numel() if labels.shape[0] else 0
+    picked, classes = [], []
     for view in range(labels.shape[0]):
         lab = labels[view].flatten()
         for cls in lab[lab >= 0].unique():
             idx = (lab == cls).nonzero().squeeze(1)
             if draw_all or idx.numel() > per_class:
                 idx = idx[torch.randperm(idx.numel(), device=idx.device)[:per_class]]
-            feats.append(flat[view][:, idx].T)
+            picked.append(idx + view * voxels_per_view)
             classes.append(torch.full((idx.numel(),), int(cls), dtype=torch.long, device=labels.device))
-    if not feats:
+    if not picked:
         return embeddings.new_zeros((0, embeddings.shape[1])), labels.new_zeros((0,))
-    return torch.cat(feats), torch.cat(classes)
+    rows = embeddings.flatten(2).transpose(1, 2).reshape(-1, embeddings.shape[1])  # (V * voxels, K)
+    return rows.index_select(0, torch.cat(picked)), torch.cat(classes)
 
 
-def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Supervised contrastive loss over L2-normalised ``anchors`` ``(N, K)`` with ``labels`` ``(N,)``.
-
-    ``l_i = -1/(|P(i)| + 1e-5) sum_{j in P(i)} [s_ij - log(exp s_ij + sum_{k in Neg(i)} exp s_ik)]``
-    with ``s = a a^T / tau`` shifted by its row maximum, ``P(i)`` the other anchors of i's class and
-    ``Neg(i)`` those of other classes; returns ``mean_i l_i``.
-    """
+def supervised_contrastive_dense(anchors: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
+                                 ) -> torch.Tensor:
+    """:func:`supervised_contrastive` with plain autograd over the ``(N, N)`` similarity matrix (the
+    reference's form; several ``N x N`` tensors are kept for the backward pass)."""
     a = F.normalize(anchors, dim=1)
     sim = a @ a.T / temperature
     sim = sim - sim.max(dim=1, keepdim=True).values.detach()
@@ -65,6 +67,89 @@ def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperat
     totals = sim.new_zeros(len(labels)).index_add(0, rows, terms)
     per_anchor = -totals / (positives.sum(1) + 1e-5)
     return per_anchor.mean()
+
+
+ROWS_PER_CHUNK = 256  # rows of the similarity matrix computed at once: 256 x N floats (about 8 MB at N = 8k)
+
+
+def _row_chunks(counts: list[int]) -> list[tuple[int, int, int, int]]:
+    """``(row_start, row_end, class_start, class_end)`` chunks of at most ``ROWS_PER_CHUNK`` rows, each
+    inside one class's block of the label-sorted anchors."""
+    chunks, start = [], 0
+    for k in counts:
+        for r in range(start, start + k, ROWS_PER_CHUNK):
+            chunks.append((r, min(r + ROWS_PER_CHUNK, start + k), start, start + k))
+        start += k
+    return chunks
+
+
+class _ChunkedSupCon(torch.autograd.Function):
+    """The supervised contrastive loss over label-sorted, L2-normalised anchors, a block of rows at a
+    time, recomputed in the backward pass: memory ``O(rows x N)`` instead of several ``N x N`` tensors.
+
+    With ``s`` shifted by its (detached) row maximum, ``E = exp s`` and ``n_i`` the negatives' sum, the
+    gradient of ``mean_i l_i`` with respect to ``s_ij`` is, for ``w_i = 1 / (N (|P(i)| + 1e-5))``:
+    ``-w_i n_i / (E_ij + n_i)`` on positives, ``w_i E_ij sum_{p in P(i)} 1 / (E_ip + n_i)`` on
+    negatives, 0 on the diagonal.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx: Any, a: torch.Tensor, counts: list[int], temperature: float) -> torch.Tensor:
+        n = a.shape[0]
+        chunks = _row_chunks(counts)
+        shift, negatives, reciprocal_sum = a.new_empty(n), a.new_empty(n), a.new_empty(n)
+        total = a.new_zeros((), dtype=torch.float64)
+        for r0, r1, c0, c1 in chunks:
+            s = (a[r0:r1] @ a.T).div_(temperature)
+            shift[r0:r1] = s.max(dim=1).values
+            s.sub_(shift[r0:r1, None])
+            e = s.exp()
+            neg = e[:, :c0].sum(1) + e[:, c1:].sum(1)
+            negatives[r0:r1] = neg
+            denom = e[:, c0:c1] + neg[:, None]
+            terms = s[:, c0:c1] - denom.log()
+            diagonal = torch.arange(r1 - r0, device=a.device)
+            terms[diagonal, diagonal + (r0 - c0)] = 0.0
+            inverse = denom.reciprocal_()
+            inverse[diagonal, diagonal + (r0 - c0)] = 0.0
+            reciprocal_sum[r0:r1] = inverse.sum(1)
+            total += (-terms.sum(1) / (c1 - c0 - 1 + 1e-5)).sum().double()
+        ctx.save_for_backward(a, shift, negatives, reciprocal_sum)
+        ctx.counts, ctx.temperature = counts, temperature
+        return (total / n).to(a.dtype) if n else a.new_tensor(float("nan"))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        a, shift, negatives, reciprocal_sum = ctx.saved_tensors
+        n, tau = a.shape[0], ctx.temperature
+        grad_a = torch.zeros_like(a)
+        for r0, r1, c0, c1 in _row_chunks(ctx.counts):
+            weight = grad / (n * (c1 - c0 - 1 + 1e-5))
+            e = (a[r0:r1] @ a.T).div_(tau).sub_(shift[r0:r1, None]).exp_()
+            neg = negatives[r0:r1, None]
+            positives = e[:, c0:c1].add(neg).reciprocal_().mul_(neg).mul_(-weight)
+            g = e.mul_(weight * reciprocal_sum[r0:r1, None])
+            g[:, c0:c1] = positives
+            diagonal = torch.arange(r1 - r0, device=a.device)
+            g[diagonal, diagonal + r0] = 0.0
+            grad_a[r0:r1] += g @ a
+            grad_a += g.T @ a[r0:r1]
+        return grad_a.div_(tau), None, None
+
+
+def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Supervised contrastive loss over L2-normalised ``anchors`` ``(N, K)`` with ``labels`` ``(N,)``.
+
+    ``l_i = -1/(|P(i)| + 1e-5) sum_{j in P(i)} [s_ij - log(exp s_ij + sum_{k in Neg(i)} exp s_ik)]``
+    with ``s = a a^T / tau`` shifted by its row maximum, ``P(i)`` the other anchors of i's class and
+    ``Neg(i)`` those of other classes; returns ``mean_i l_i``. Computed in fp32 a block of rows at a
+    time (:class:`_ChunkedSupCon`); :func:`supervised_contrastive_dense` is the plain form.
+    """
+    order = torch.argsort(labels, stable=True)
+    counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
+    return _ChunkedSupCon.apply(F.normalize(anchors, dim=1)[order], counts, temperature)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

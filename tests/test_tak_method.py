@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from methods import Batch, get_method
 from methods.common.vnet import VNet, count_parameters
-from tak.contrast import downsample_labels, sample_voxels, supervised_contrastive
+import tak.contrast
+from tak.contrast import downsample_labels, sample_voxels, supervised_contrastive, supervised_contrastive_dense
 from tak.model import TAKNetwork, dynamic_head, dynamic_head_param_count, dynamic_head_unfused
 
 CLASSES = ["background", "spleen", "right_kidney", "left_kidney"]
@@ -68,6 +69,58 @@ def test_supervised_contrastive_by_hand() -> None:
         terms = [float(s[i, j]) - math.log(math.exp(s[i, j]) + sum(math.exp(s[i, k]) for k in neg)) for j in pos]
         expected.append(-sum(terms) / (len(pos) + 1e-5) if pos else 0.0)
     assert supervised_contrastive(anchors, labels, tau).item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_chunked_contrastive_equals_the_dense_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsorted labels, a class of one anchor (no positive), classes spanning several row chunks:
+    loss and gradient as the plain-autograd form; gradcheck of the hand-written backward in double."""
+    monkeypatch.setattr(tak.contrast, "ROWS_PER_CHUNK", 7)
+    torch.manual_seed(0)
+    labels = torch.cat([torch.randint(0, 4, (60,)), torch.tensor([9])])[torch.randperm(61)]
+    anchors = torch.randn(61, 16, requires_grad=True)
+    upstream = 0.7
+    results = []
+    for loss_fn in (supervised_contrastive, supervised_contrastive_dense):
+        loss = loss_fn(anchors, labels, 0.07)
+        (loss * upstream).backward()
+        results.append((loss.detach(), anchors.grad.clone()))
+        anchors.grad = None
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6 * results[1][1].abs().max().item())
+    small = torch.randn(20, 5, dtype=torch.double, requires_grad=True)
+    small_labels = torch.tensor([2, 0, 1, 1, 0, 2, 2, 3, 0, 1] * 2)
+    assert torch.autograd.gradcheck(lambda a: supervised_contrastive(a, small_labels, 0.5), (small,))
+
+
+def test_contrastive_runs_in_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    anchors, labels = torch.randn(50, 8), torch.randint(0, 3, (50,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = supervised_contrastive(anchors, labels)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(supervised_contrastive_dense(anchors, labels).item(), rel=1e-6)
+
+
+def test_sampling_gathers_what_a_per_class_loop_reads() -> None:
+    """Same voxels, same order, same random draws as reading ``embeddings[view][:, idx]`` class by class."""
+    torch.manual_seed(0)
+    emb = torch.randn(3, 4, 2, 3, 4, requires_grad=True)
+    labels = torch.randint(-1, 3, (3, 2, 3, 4))
+    torch.manual_seed(1)
+    feats, classes = sample_voxels(emb, labels, per_class=3)
+    torch.manual_seed(1)
+    expected, expected_classes = [], []
+    for view in range(3):
+        lab = labels[view].flatten()
+        for cls in lab[lab >= 0].unique():
+            idx = (lab == cls).nonzero().squeeze(1)
+            if idx.numel() > 3:
+                idx = idx[torch.randperm(idx.numel())[:3]]
+            expected.append(emb[view].flatten(1)[:, idx].T)
+            expected_classes += [int(cls)] * idx.numel()
+    assert torch.equal(feats, torch.cat(expected)) and classes.tolist() == expected_classes
+    feats.sum().backward()
+    assert emb.grad.sum().item() == pytest.approx(4 * len(expected_classes))
 
 
 def test_sampling_respects_ignore_label_and_cap() -> None:
