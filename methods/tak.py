@@ -22,6 +22,8 @@ Where this does not follow the reference, and why:
 - ``cube_grid`` per profile as for MagicNet; TAK's head needs no change (any text width works).
 - The reference crashes at iteration 101 (``T_dist`` undeclared); ``dist_temperature`` is 1.0.
 - ``lambda_N = 0`` (Table 8's first column) means no contrastive term, as the published value shows.
+- The contrastive loss is computed in fp32 under autocast too (bf16 on the CPU, fp16 on CUDA), where the
+  reference's similarity product runs in fp16; it is a block of rows at a time (``tak/contrast.py``).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class TAKConfig(MagicCubeConfig):
 class TAK(MagicNet):
     title = "TAK"
     # Bump when what this method computes changes (part of the run key). 3: the contrastive loss runs in
-    # fp32 under bf16 autocast too (version 2 computed its similarity matrix in bf16 there).
+    # fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there).
     version = "3"
     reference_selection = "tak"
     reference_augmentation = "none"

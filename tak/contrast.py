@@ -94,7 +94,6 @@ class _ChunkedSupCon(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx: Any, a: torch.Tensor, counts: list[int], temperature: float) -> torch.Tensor:
         n = a.shape[0]
         chunks = _row_chunks(counts)
@@ -120,7 +119,6 @@ class _ChunkedSupCon(torch.autograd.Function):
         return (total / n).to(a.dtype) if n else a.new_tensor(float("nan"))
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         a, shift, negatives, reciprocal_sum = ctx.saved_tensors
         n, tau = a.shape[0], ctx.temperature
@@ -144,12 +142,15 @@ def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperat
 
     ``l_i = -1/(|P(i)| + 1e-5) sum_{j in P(i)} [s_ij - log(exp s_ij + sum_{k in Neg(i)} exp s_ik)]``
     with ``s = a a^T / tau`` shifted by its row maximum, ``P(i)`` the other anchors of i's class and
-    ``Neg(i)`` those of other classes; returns ``mean_i l_i``. Computed in fp32 a block of rows at a
-    time (:class:`_ChunkedSupCon`); :func:`supervised_contrastive_dense` is the plain form.
+    ``Neg(i)`` those of other classes; returns ``mean_i l_i``. Computed in fp32 (or fp64) on every device,
+    also under autocast, a block of rows at a time (:class:`_ChunkedSupCon`);
+    :func:`supervised_contrastive_dense` is the plain form.
     """
     order = torch.argsort(labels, stable=True)
     counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
-    return _ChunkedSupCon.apply(F.normalize(anchors, dim=1)[order], counts, temperature)
+    precise = anchors if anchors.dtype == torch.float64 else anchors.float()
+    with torch.autocast(anchors.device.type, enabled=False):
+        return _ChunkedSupCon.apply(F.normalize(precise, dim=1)[order], counts, temperature)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
