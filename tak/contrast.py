@@ -35,7 +35,7 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
     Returns:
         ``(N, K)`` sampled embeddings and their ``(N,)`` labels.
     """
-    voxels_per_view = labels[0].numel() if labels.shape[0] else 0
+    voxels_per_view = labels[0].numel() if len(labels) else 0
     picked, classes = [], []
     for view in range(labels.shape[0]):
         lab = labels[view].flatten()
@@ -115,7 +115,7 @@ class _ChunkedSupCon(torch.autograd.Function):
             reciprocal_sum[r0:r1] = inverse.sum(1)
             total += (-terms.sum(1) / (c1 - c0 - 1 + 1e-5)).sum().double()
         ctx.save_for_backward(a, shift, negatives, reciprocal_sum)
-        ctx.counts, ctx.temperature = counts, temperature
+        ctx.chunks, ctx.temperature = chunks, temperature
         return (total / n).to(a.dtype) if n else a.new_tensor(float("nan"))
 
     @staticmethod
@@ -123,7 +123,7 @@ class _ChunkedSupCon(torch.autograd.Function):
         a, shift, negatives, reciprocal_sum = ctx.saved_tensors
         n, tau = a.shape[0], ctx.temperature
         grad_a = torch.zeros_like(a)
-        for r0, r1, c0, c1 in _row_chunks(ctx.counts):
+        for r0, r1, c0, c1 in ctx.chunks:
             weight = grad / (n * (c1 - c0 - 1 + 1e-5))
             e = (a[r0:r1] @ a.T).div_(tau).sub_(shift[r0:r1, None]).exp_()
             neg = negatives[r0:r1, None]
