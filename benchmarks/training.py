@@ -139,13 +139,20 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of native bfloat16 arithmetic
 
 
-def cpu_flags() -> set[str]:
-    """The ``flags`` of ``/proc/cpuinfo`` (empty where there is none, e.g. not on Linux)."""
+def cpuinfo_values(key: str) -> list[str]:
+    """The values of ``key`` in ``/proc/cpuinfo``, one per logical CPU (empty where there is none, e.g. not
+    on Linux)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+        return []
+    return [value.strip() for name, _, value in (line.partition(":") for line in info.splitlines())
+            if name.strip() == key]
+
+
+def cpu_flags() -> set[str]:
+    """The ``flags`` of ``/proc/cpuinfo`` (those of its first CPU; empty where there is none)."""
+    return set(next(iter(cpuinfo_values("flags")), "").split())
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -2,6 +2,9 @@
 concrete precision (bf16 only where the CPU has native bfloat16) before it reaches a run key."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -87,3 +90,13 @@ def test_profiles_hold_a_concrete_precision(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(training, "cpu_flags", lambda flags=flags: flags)
         assert load_profile("cpu").precision == expected
     assert load_profile("smoke").precision == "fp32"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="no /proc/cpuinfo (not Linux)")
+def test_cpuinfo_values_read_one_value_per_cpu() -> None:
+    """One ``processor`` entry per online CPU; ``cpu_flags`` are the first CPU's ``flags``, split."""
+    processors = training.cpuinfo_values("processor")
+    assert len(processors) == os.cpu_count() and all(p.isdigit() for p in processors)
+    first = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    assert training.cpu_flags() == set(first.split(":", 1)[1].split())
+    assert training.cpuinfo_values("no such key") == []

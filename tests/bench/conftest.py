@@ -8,24 +8,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from benchmarks.training import cpu_flags
+from benchmarks.training import cpu_flags, cpuinfo_values
 
 
 def cpu_peak_gflops() -> tuple[float, str]:
     """Nominal fp32 peak of the cores this process may use, and how it was computed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return float("nan"), "unknown (no /proc/cpuinfo)"
+    mhz = [float(value) for value in cpuinfo_values("cpu MHz")]
+    if not mhz:
+        return float("nan"), "unknown (no clock in /proc/cpuinfo)"
     flags = cpu_flags()
-    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
     cores = len(os.sched_getaffinity(0))
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= set(flags) else 16
-    ghz = (max(mhz) if mhz else float("nan")) / 1000
+    ghz = max(mhz) / 1000
     isa = "AVX-512" if per_cycle == 64 else "AVX2+FMA" if per_cycle == 32 else "SSE"
     return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({isa})"
 
