@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
-from methods.base import Batch, Method, MethodConfig
+from methods.base import Batch, MethodConfig, StudentPredicts
 from methods.common.ema import ema_update
 from methods.common.losses import dice_and_ce, weighted_ce_map
 from methods.common.ramps import sigmoid_rampup
@@ -94,7 +93,7 @@ def fuzzy_rank_sampling(indicators: torch.Tensor, previous_cc: torch.Tensor, top
 
 
 @register("basak")
-class Basak(Method):
+class Basak(StudentPredicts):
     title = "Basak et al."
     version = "1"  # bump when what this method computes changes (part of the run key)
     group = "imbalance"
@@ -146,14 +145,6 @@ class Basak(Method):
                    step if c.ema_step == "iteration" else step // max(self.iterations_per_epoch, 1), c.ema_decay)
         return {"loss": loss.item(), "loss_sup": sup.item(), "loss_unsup": unsup.item(), "unsup_weight": weight,
                 "kept_fraction": float((mask > 0).float().mean())}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.student.eval()
-        return self.student(x)
-
-    def inference_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
 
     def extra_state(self) -> dict[str, Any]:
         return {"sums": self.sums.clone(), "seen": self.seen, "cc": self.cc.clone(), "rates": self.rates.clone()}

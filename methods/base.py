@@ -236,3 +236,18 @@ class Method(abc.ABC):
         :class:`~methods.common.errors.ConfigError` naming ``source``, the key and what it expects."""
         checked = check_fields(cls.Config, overrides, source)
         return cls.Config(**checked)
+
+
+class StudentPredicts(Method):
+    """A method whose ``student`` network predicts; its teacher (an EMA copy, or one trained beside it)
+    serves training only."""
+
+    student: nn.Module
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.student.eval()
+        return self.student(x)
+
+    def inference_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.common.errors import ConfigError
-from methods.base import Batch, Method
+from methods.base import Batch, StudentPredicts
 from methods.common.ema import ema_update, make_teacher
 from methods.common.ga_losses import magic_dice
 from methods.common.magic_cube import as_grid, assemble, location_labels, mix_across_batch, partition, unmix
@@ -95,7 +95,7 @@ class MagicModel(nn.Module):
 
 
 @register("magicnet")
-class MagicNet(Method):
+class MagicNet(StudentPredicts):
     title = "MagicNet"
     version = "1"  # bump when what this method computes changes (part of the run key)
     reference_selection = "magicnet"
@@ -240,11 +240,6 @@ class MagicNet(Method):
         self.backward_step(loss)
         ema_update(self.teacher, self.student, step, self.config.ema_decay)
         return {"loss": loss.item(), **forward.logs, **extra_logs}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.student.eval()
-        return self.student(x)
 
     def inference_modules(self) -> dict[str, nn.Module]:
         return self.student.inference_parts()

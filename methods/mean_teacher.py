@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from methods.base import Batch, Method, MethodConfig
+from methods.base import Batch, MethodConfig, StudentPredicts
 from methods.common.ema import ema_update, make_teacher
 from methods.common.losses import soft_dice_fg, softmax_mse
 from methods.common.ramps import sigmoid_rampup
@@ -36,7 +35,7 @@ class MeanTeacherConfig(MethodConfig):
 
 
 @register("mean_teacher")
-class MeanTeacher(Method):
+class MeanTeacher(StudentPredicts):
     title = "Mean Teacher"
     version = "1"  # bump when what this method computes changes (part of the run key)
     group = "general"
@@ -81,11 +80,3 @@ class MeanTeacher(Method):
         loss = sup + weight * cons
         self.step_optimizer(loss, step)
         return {"loss": loss.item(), "loss_sup": sup.item(), "loss_cons": cons.item(), "cons_weight": weight}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.student.eval()
-        return self.student(x)
-
-    def inference_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
