@@ -239,8 +239,7 @@ class Method(abc.ABC):
 
 
 class StudentPredicts(Method):
-    """A method whose ``student`` network predicts; its teacher (an EMA copy, or one trained beside it)
-    serves training only."""
+    """A method whose ``student`` network predicts; its EMA teacher serves training only."""
 
     student: nn.Module
 
