@@ -41,6 +41,8 @@ class Profile:
     # file only: bf16 on a CPU with native bfloat16, else fp32; resolved when loaded, so the run key has it)
     model_selection: str = "last"  # a rule of benchmarks.selection, or "reference"; a study may override
     augmentation: str = "none"  # none | flip_xy | reference; a study may override
+    lr_scale: float = 1.0  # multiplies every method's base learning rate (its ``lr``, after the study's
+    # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
     gpus_per_cell: float = 0.0
 
@@ -122,6 +124,8 @@ def load_profile(name: str) -> Profile:
     for axis in profile.patch:
         if axis % 16:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
+    if not profile.lr_scale > 0:
+        raise ConfigError(f"{PROFILES_FILE}:{name}: lr_scale {profile.lr_scale!r} must be positive")
     from benchmarks.selection import RULES
     from benchmarks.training import AUGMENTATIONS, PRECISIONS, resolve_precision
     for key, known in (("precision", (*PRECISIONS, "auto")), ("model_selection", (*RULES, "reference")),

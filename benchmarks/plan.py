@@ -25,7 +25,8 @@ from methods import UnknownMethodError, get_method
 from methods.base import Method
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
-NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell")
+# lr_scale is in the key through the scaled ``method_config.lr`` it produces
+NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale")
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,8 @@ class StudyPlan:
         overrides.update(self.study.variants.get(name, {}).get("overrides", {}))
         source = (f"{self.study.path}: variants.{name}.overrides" if name in self.study.variants
                   else f"{self.study.path}: method_overrides.{name}")
-        return dataclasses.asdict(cls.resolve_config(overrides, source))
+        config = cls.resolve_config(overrides, source)
+        return dataclasses.asdict(dataclasses.replace(config, lr=config.lr * self.profile.lr_scale))
 
     def selection(self, method: str) -> SelectionRule:
         """The model-selection rule of ``method``: the study's for this profile, else the profile's;

@@ -252,7 +252,7 @@ class StudyRunner:
                 "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
                 "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
                 "model_selection": cell.selection.name, "augmentation": cell.augmentation,
-                "precision": cell.profile.precision, "eval_grid": "dataset_grid",
+                "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
                 "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state()}
 
