@@ -60,3 +60,36 @@ def test_invalid_yaml_and_unknown_names(tmp_path: Path) -> None:
 def test_config_hash_is_stable_and_sensitive() -> None:
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_lr_scale_multiplies_every_methods_rate_and_is_in_the_key(tiny_cohort: Path) -> None:
+    import dataclasses
+
+    from benchmarks.plan import StudyPlan
+    from methods.registry import get_method
+
+    study, smoke = load_study("table2"), load_profile("smoke")
+    assert smoke.lr_scale == 1.0 and load_profile("cpu").lr_scale == 10.0
+    cells = {}
+    for scale in (1.0, 10.0):
+        profile = dataclasses.replace(smoke, lr_scale=scale)
+        plan = StudyPlan(study, profile, methods=["dhc", "ga"], data_dir=tiny_cohort, progress=False)
+        cells[scale] = {c.method: c for c in plan.cells()}
+    for method in ("dhc", "ga"):
+        published = get_method(method).Config().lr   # DHC family 0.03, MagicNet family 0.01
+        assert cells[1.0][method].method_config["lr"] == pytest.approx(published)
+        assert cells[10.0][method].method_config["lr"] == pytest.approx(10 * published)
+        assert cells[1.0][method].run_key != cells[10.0][method].run_key
+    assert cells[1.0]["dhc"].method_config["lr"] != cells[1.0]["ga"].method_config["lr"]
+
+
+def test_a_non_positive_lr_scale_names_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.config as config
+
+    raw = yaml.safe_load(config.PROFILES_FILE.read_text())
+    raw["smoke"]["lr_scale"] = 0
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(config, "PROFILES_FILE", path)
+    with pytest.raises(ConfigError, match=f"{path}:smoke: lr_scale 0"):
+        load_profile("smoke")
