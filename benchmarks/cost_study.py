@@ -13,6 +13,7 @@ from benchmarks.config import Profile, Study, config_hash
 from benchmarks.cost import FLOPS_CONVENTION, all_networks_gflops, forward_gflops
 from benchmarks.data import load_dataset
 from benchmarks.data.sources import DATASETS_DIR
+from benchmarks.plan import resolve_method_config
 from benchmarks.tracking import RunLog, ensure_experiment, find_finished_run, flatten, git_state, setup_tracking
 from methods import get_method
 from methods.common.vnet import count_parameters
@@ -24,10 +25,7 @@ def cost_cells(study: Study, profile: Profile, methods: list[str] | None = None)
     cells = []
     for name in list(dict.fromkeys(methods or study.methods)):
         cls = get_method(name)
-        fields = {f.name for f in dataclasses.fields(cls.Config)}
-        overrides = {k: v for k, v in profile.method_overrides.items() if k in fields}
-        overrides.update(study.method_overrides.get(name, {}))
-        config = cls.resolve_config(overrides, f"{study.path}: method_overrides.{name}")
+        config = resolve_method_config(cls, profile, study, name)
         resolved = {"study": study.study, "method": name, "dataset": info.name, "num_classes": info.num_classes,
                     "input_shape": [1, 1, *profile.patch], "profile": profile.name,
                     "method_config": dataclasses.asdict(config),

@@ -21,6 +21,7 @@ import torch
 from benchmarks.config import load_profile
 from benchmarks.data import load_dataset
 from benchmarks.data.sources import DATASETS_DIR
+from benchmarks.plan import resolve_method_config
 from benchmarks.training import autocast, prepare_precision
 from methods import Batch, get_method, list_methods
 
@@ -39,13 +40,10 @@ def check_method(name: str, device: torch.device, iterations: int, tiny: bool, p
     info = load_dataset(DATASETS_DIR / "amos")
     cls = get_method(name)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides = {k: v for k, v in profile.method_overrides.items() if k in fields}
-    patch = profile.patch
-    if tiny:
-        patch = TINY["patch"]
-        overrides.update({k: v for k, v in TINY.items() if k in fields})
+    patch = TINY["patch"] if tiny else profile.patch
+    config = resolve_method_config(cls, profile, extra={k: v for k, v in TINY.items() if k in fields} if tiny else None)
     torch.manual_seed(0)
-    method = cls(cls.Config(**overrides), info.num_classes, max_iterations=max(iterations + 1, 100), device=device,
+    method = cls(config, info.num_classes, max_iterations=max(iterations + 1, 100), device=device,
                  patch=patch, class_names=info.class_names)
     prepare_precision(method, precision)
     n_l, n_u = profile.labeled_batch, profile.unlabeled_batch

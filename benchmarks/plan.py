@@ -22,11 +22,30 @@ from benchmarks.errors import ConfigError, DatasetError
 from benchmarks.metrics import Protocol, get_protocol
 from benchmarks.selection import RULES, SelectionRule, selection_rule
 from methods import UnknownMethodError, get_method
-from methods.base import Method
+from methods.base import Method, MethodConfig
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
 # lr_scale is in the key through the scaled ``method_config.lr`` it produces
 NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale")
+
+
+def resolve_method_config(cls: type[Method], profile: Profile, study: Study | None = None, name: str = "",
+                          extra: dict[str, Any] | None = None) -> MethodConfig:
+    """``cls``'s configuration as a run under ``profile`` trains it: the profile's overrides of fields
+    the method has, then ``study``'s ``method_overrides`` and ``variants`` overrides of method ``name``,
+    then ``extra``; checked (a wrong key or type raises a ConfigError naming its source), and the
+    learning rate multiplied by the profile's ``lr_scale`` last (a study's rate is scaled too)."""
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    overrides = {k: v for k, v in profile.method_overrides.items() if k in fields}
+    source = f"{profile.name} profile: method_overrides"
+    if study is not None:
+        overrides.update(study.method_overrides.get(name, {}))
+        overrides.update(study.variants.get(name, {}).get("overrides", {}))
+        source = (f"{study.path}: variants.{name}.overrides" if name in study.variants
+                  else f"{study.path}: method_overrides.{name}")
+    overrides.update(extra or {})
+    config = cls.resolve_config(overrides, source)
+    return dataclasses.replace(config, lr=config.lr * profile.lr_scale)
 
 
 @dataclass(frozen=True)
@@ -143,15 +162,7 @@ class StudyPlan:
         return self.split_names[1]
 
     def _method_config(self, name: str) -> dict[str, Any]:
-        cls = self.method_classes[name]
-        fields = {f.name for f in dataclasses.fields(cls.Config)}
-        overrides = {k: v for k, v in self.profile.method_overrides.items() if k in fields}
-        overrides.update(self.study.method_overrides.get(name, {}))
-        overrides.update(self.study.variants.get(name, {}).get("overrides", {}))
-        source = (f"{self.study.path}: variants.{name}.overrides" if name in self.study.variants
-                  else f"{self.study.path}: method_overrides.{name}")
-        config = cls.resolve_config(overrides, source)
-        return dataclasses.asdict(dataclasses.replace(config, lr=config.lr * self.profile.lr_scale))
+        return dataclasses.asdict(resolve_method_config(self.method_classes[name], self.profile, self.study, name))
 
     def selection(self, method: str) -> SelectionRule:
         """The model-selection rule of ``method``: the study's for this profile, else the profile's;

@@ -93,3 +93,21 @@ def test_a_non_positive_lr_scale_names_the_profile(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(config, "PROFILES_FILE", path)
     with pytest.raises(ConfigError, match=f"{path}:smoke: lr_scale 0"):
         load_profile("smoke")
+
+
+def test_the_cost_study_counts_the_configuration_a_run_trains(tiny_cohort: Path) -> None:
+    """Table 6's cells and Table 2's cells resolve a method's configuration through one function:
+    under the cpu profile both carry the profile's overrides and the scaled learning rate."""
+    import dataclasses
+
+    from benchmarks.cost_study import cost_cells
+    from benchmarks.plan import StudyPlan
+
+    cpu = load_profile("cpu")
+    trained = {c.method: c.method_config for c in
+               StudyPlan(load_study("table2"), cpu, methods=["dhc", "magicnet"], data_dir=tiny_cohort,
+                         progress=False).cells()}
+    counted = {c["method"]: dataclasses.asdict(c["config"]) for c in cost_cells(load_study("table6"), cpu,
+                                                                                  ["dhc", "magicnet"])}
+    assert counted == trained
+    assert counted["dhc"]["lr"] == pytest.approx(10 * 0.03)
