@@ -70,14 +70,17 @@ def cmd_run(args: argparse.Namespace) -> int:
               "launch (make mlflow-stop)")
     runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
                          progress=not args.no_progress, tracking_uri=tracking_uri, checkpoint_dir=args.checkpoint_dir,
-                         keep_checkpoints=args.keep_checkpoints, wait=args.wait)
+                         keep_checkpoints=args.keep_checkpoints, wait=args.wait, retry_diverged=args.retry_diverged)
     options = {"address": args.address, "max_retries": args.max_retries} if args.launcher == "ray" else {}
     results = runner.run(args.launcher, **options)
-    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "failed")}
+    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "diverged", "failed")}
     line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
             f"finished")
     if counts["busy"]:
         line += f", {counts['busy']} running elsewhere (not trained here)"
+    if counts["diverged"]:  # a result (the configuration diverges), not an error: the report names them
+        line += f", {counts['diverged']} diverged: " + "; ".join(f"{r['method']} seed {r['seed']}: {r['reason']}"
+                                                               for r in results if r["status"] == "diverged")
     if counts["failed"]:
         line += f", {counts['failed']} failed: " + "; ".join(f"{r['method']} seed {r['seed']}: {r['reason']}"
                                                            for r in results if r["status"] == "failed")
@@ -275,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs")
     run.add_argument("--wait", action="store_true", help="wait for cells another launcher is training "
                      "(and take them over if it dies) instead of skipping them")
+    run.add_argument("--retry-diverged", action="store_true", help="train again the cells whose run diverged "
+                     "(non-finite loss); by default such a cell counts as done, as it would diverge again")
     run.add_argument("--launcher", choices=["sequential", "ray"], default="sequential",
                      help="sequential (this process) or ray (one Ray task per cell)")
     run.add_argument("--address", help="--launcher ray: an existing Ray cluster (default: a local instance)")

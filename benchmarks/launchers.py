@@ -7,8 +7,9 @@ profile's ``cpus_per_cell`` / ``gpus_per_cell``); a task receives everything exp
 the worker's environment. Cells are claimed in the tracking store as in the sequential launcher, so
 two drivers on one study train each cell once. Ray re-runs a task whose worker died
 (``max_retries``); the retry takes the dead claim over and resumes from the cell's checkpoint (the
-checkpoint folder must be reachable from every node). A task that raises (bad configuration,
-diverged loss) is not retried: its cell is reported failed with the reason, the others go on.
+checkpoint folder must be reachable from every node). A task that raises (e.g. a bad
+configuration) is not retried: its cell is reported failed with the reason, the others go on. A
+cell whose loss diverged is not an error: its run is recorded as diverged and its task returns.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
     finally:
         bar.close()
     say(f"[ray] {len(results)} cell(s) in {time.time() - started:.0f} s: "
-        + ", ".join(f"{sum(r['status'] == s for r in results)} {s}" for s in ("trained", "finished", "busy", "failed")))
+        + ", ".join(f"{sum(r['status'] == s for r in results)} {s}"
+                    for s in ("trained", "finished", "busy", "diverged", "failed")))
     return results
 
 

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from benchmarks.plan import Cell, StudyPlan
 from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, setup_tracking
 from benchmarks import selection
 from benchmarks.selection import Selector
-from benchmarks.training import StopRequested, TwoStreamSampler, prepare_precision, seed_everything, train
+from benchmarks.training import (StopRequested, TrainingDiverged, TwoStreamSampler, compute_environment,
+                                 prepare_precision, seed_everything, train)
 from methods.base import Method
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
@@ -69,16 +70,18 @@ def pip_freeze() -> str:
 @dataclass
 class Launch:
     """One launch of a study: its experiment, the requested cells, those already finished (run id or
-    None) and the parent run (None when nothing is left to train)."""
+    None), those whose run diverged (run key -> run id and reason; not trained again) and the parent
+    run (None when nothing is left to train)."""
 
     experiment_id: str
     cells: list[Cell]
     finished: dict[str, str | None]
     parent: RunLog | None = None
+    diverged: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def todo(self) -> list[Cell]:
-        return [c for c in self.cells if not self.finished[c.run_key]]
+        return [c for c in self.cells if not self.finished[c.run_key] and c.run_key not in self.diverged]
 
     @property
     def parent_id(self) -> str | None:
@@ -93,17 +96,20 @@ class StudyRunner:
             ``checkpoints/``); checkpoints of finished runs are removed unless ``keep_checkpoints``.
         wait: when another launcher holds a cell, wait for it (and take it over if its claim goes
             stale) instead of skipping it.
+        retry_diverged: train again the cells whose run diverged (a non-finite loss). By default such a
+            cell is done: its run key fixes everything that determines the result, so it would diverge
+            again (its run stays FAILED with the tags ``diverged_at_step`` and ``error``).
     """
 
     def __init__(self, study: Study, profile: Profile, methods: list[str] | None = None,
                  seeds: list[int] | None = None, data_dir: str | Path | None = None, progress: bool = True,
                  tracking_uri: str | None = None, checkpoint_dir: str | Path | None = None,
-                 keep_checkpoints: bool = False, wait: bool = False) -> None:
+                 keep_checkpoints: bool = False, wait: bool = False, retry_diverged: bool = False) -> None:
         self.plan = StudyPlan(study, profile, methods, seeds, data_dir, progress)
         self.study, self.profile, self.progress = study, profile, progress
         self.dataset, self.splits = self.plan.dataset, self.plan.splits
         self.checkpoints = CheckpointStore(checkpoint_dir)
-        self.keep_checkpoints, self.wait = keep_checkpoints, wait
+        self.keep_checkpoints, self.wait, self.retry_diverged = keep_checkpoints, wait, retry_diverged
         self.tracking_uri = setup_tracking(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
         self._cases: dict[str, Case] = {}
@@ -150,6 +156,9 @@ class StudyRunner:
                     f"{self.profile.name} (its seeds: {self.plan.study_seeds}); it is recorded but not shown in "
                     "the study's tables")
         launch = Launch(experiment_id, cells, {c.run_key: self._finished(experiment_id, c.run_key) for c in cells})
+        if not self.retry_diverged:
+            launch.diverged = {c.run_key: found for c in launch.todo
+                               if (found := self._diverged(experiment_id, c.run_key)) is not None}
         if launch.todo:
             self.cases(self.splits["train"] + self.splits["test"] + self.splits.get("eval", []))
             launch.parent = RunLog(self.client.create_run(
@@ -173,6 +182,11 @@ class StudyRunner:
             if launch.finished[cell.run_key]:
                 say(f"[skip] {cell.name}: finished run {launch.finished[cell.run_key]} has run_key {cell.run_key}")
                 results.append(self._outcome(cell, "finished", launch.finished[cell.run_key]))
+            elif cell.run_key in launch.diverged:
+                run_id, reason = launch.diverged[cell.run_key]
+                say(f"[skip] {cell.name}: run {run_id} of this run key diverged ({reason}); "
+                    "--retry-diverged trains it again")
+                results.append(self._outcome(cell, "diverged", run_id, reason=reason))
         if launch.parent is None:
             return results
         status = FAILED
@@ -227,6 +241,16 @@ class StudyRunner:
                                        "attributes.status = 'FINISHED'", max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def _diverged(self, experiment_id: str, run_key: str) -> tuple[str, str] | None:
+        """The newest run of ``run_key`` that diverged (run id, reason), if any."""
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.run_key = '{run_key}' and "
+                                       "attributes.status = 'FAILED'", order_by=["attributes.start_time DESC"],
+                                       max_results=100)
+        for run in runs:
+            if "diverged_at_step" in run.data.tags:
+                return run.info.run_id, f"non-finite loss at step {run.data.tags['diverged_at_step']}"
+        return None
+
     def _retire_stale_launches(self, experiment_id: str) -> None:
         """Launch runs left RUNNING by a launcher that died (kill -9, power loss) become KILLED."""
         runs = self.client.search_runs([experiment_id], filter_string="tags.launch = 'true' and "
@@ -238,7 +262,7 @@ class StudyRunner:
                 "status": status, "skipped": status != "trained", **extra}
 
     def run_tags(self, cell: Cell) -> dict[str, str]:
-        """Every protocol choice of a cell, as MLflow tags (mutable, searchable)."""
+        """Every protocol choice of a cell and the machine it trains on, as MLflow tags (mutable, searchable)."""
         cls = self.plan.method_classes[cell.method]
         in_splits = set(self.dataset.mri_cases) & {i for ids in self.splits.values() for i in ids}
         variant = {"base_method": cls.name, "variant_value": json.dumps(self.study.variants[cell.method].get("value"))
@@ -254,7 +278,8 @@ class StudyRunner:
                 "model_selection": cell.selection.name, "augmentation": cell.augmentation,
                 "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
-                "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state()}
+                "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state(),
+                **compute_environment(cell.profile.device)}
 
     # -- one cell -----------------------------------------------------------------------------
     def run_cell(self, cell: Cell, experiment_id: str, parent_id: str | None = None,
@@ -278,6 +303,14 @@ class StudyRunner:
             log.tags({"killed_reason": f"{exc.name} received{exc.detail}"})
             log.end(KILLED)
             raise
+        except TrainingDiverged as exc:  # a result of the configuration: recorded, and the launch goes on
+            log.tags({"error": f"{type(exc).__name__}: {exc}"[:5000], "diverged_at_step": str(exc.step)})
+            log.end(FAILED)
+            if not self.keep_checkpoints:
+                self.checkpoints.remove(cell.run_key)
+            reason = f"non-finite loss at step {exc.step}"
+            say(f"[diverged] {cell.study.study} {cell.method} seed {cell.seed}: {reason}, run {log.run_id}")
+            return self._outcome(cell, "diverged", log.run_id, reason=reason)
         except BaseException as exc:
             log.tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
             log.end(FAILED)

@@ -132,7 +132,12 @@ class TwoStreamSampler:
 
 
 class TrainingDiverged(OrganbenchError):
-    """A loss became NaN or infinite."""
+    """A loss became NaN or infinite at iteration ``step`` (a result of the configuration: the same
+    run key on the same machine kind diverges again)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -153,6 +158,26 @@ def cpuinfo_values(key: str) -> list[str]:
 def cpu_flags() -> set[str]:
     """The ``flags`` of ``/proc/cpuinfo`` (those of its first CPU; empty where there is none)."""
     return set(next(iter(cpuinfo_values("flags")), "").split())
+
+
+def compute_environment(device: str) -> dict[str, str]:
+    """What a run was computed on, as MLflow tags: ``torch_version``, ``torch_threads`` (intra-op
+    threads of this process), ``cpu_capability`` (the CPU kernels torch dispatches to: ``AVX2``,
+    ``AVX512``, ...), ``cpu_model`` and ``accelerator`` (the GPU's name, or ``none``).
+
+    Not part of the run key, as the machine is not: the same run on another CPU kind, or with
+    another number of threads, follows another floating-point trajectory (measured: the V-Net's
+    weights after 6 steps differ at the 4th digit between 1 and 2 threads), so a table says which
+    machines its runs come from instead.
+
+    >>> sorted(compute_environment("cpu"))
+    ['accelerator', 'cpu_capability', 'cpu_model', 'torch_threads', 'torch_version']
+    """
+    target = torch.device(device)
+    accelerator = torch.cuda.get_device_name(target) if target.type == "cuda" else "none"
+    return {"torch_version": torch.__version__, "torch_threads": str(torch.get_num_threads()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": next(iter(cpuinfo_values("model name")), "unknown"), "accelerator": accelerator}
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -224,7 +249,7 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
         with autocast(method.device, precision):
             logs = {**method.train_step(sampler.next(), step), "lr": lr}
         if not all(math.isfinite(v) for v in logs.values()):
-            raise TrainingDiverged(f"{method.name}: non-finite loss at step {step}: {logs}")
+            raise TrainingDiverged(f"{method.name}: non-finite loss at step {step}: {logs}", step)
         if step % 5 == 0:
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
         if on_log and (step % log_every == 0 or step == iterations - 1):

@@ -21,12 +21,15 @@ class NoRunsError(LookupError):
 class StudyRuns:
     """``runs``: one finished run per study cell that has one (the newest if a cell has several);
     ``others``: the experiment's other finished runs under the profile, with a ``reason`` column;
-    ``missing``: the study cells without a finished run; ``cells``: all of the study's cells."""
+    ``missing``: the study cells without a finished run (and not diverged); ``cells``: all of the
+    study's cells; ``diverged``: the cells whose run diverged (a non-finite loss), each with its
+    ``step``."""
 
     runs: pd.DataFrame
     others: pd.DataFrame
     missing: list[dict[str, object]] = field(default_factory=list)
     cells: list[dict[str, object]] = field(default_factory=list)
+    diverged: list[dict[str, object]] = field(default_factory=list)
 
     def seeds_asked(self, method: str) -> int:
         return sum(c["method"] == method for c in self.cells)
@@ -40,6 +43,18 @@ def _all_finished(study: str, profile: str) -> pd.DataFrame:
     if "tags.run_key" in runs:
         runs = runs[runs["tags.run_key"].notna()]
     return runs
+
+
+def _diverged_steps(study: str, profile: str, run_keys: set[str]) -> dict[str, str]:
+    """Run key -> iteration of the divergence, for the diverged runs (FAILED, tagged ``diverged_at_step``)."""
+    if not run_keys:
+        return {}
+    runs = mlflow.search_runs(experiment_names=[study], output_format="pandas", max_results=100_000,
+                              filter_string=f"attributes.status = 'FAILED' and tags.profile = '{profile}'")
+    if runs.empty or "tags.diverged_at_step" not in runs:
+        return {}
+    runs = runs[runs["tags.diverged_at_step"].notna() & runs["tags.run_key"].isin(run_keys)]
+    return dict(zip(runs["tags.run_key"], runs["tags.diverged_at_step"]))
 
 
 def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None = None,
@@ -70,6 +85,9 @@ def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None =
     others["reason"] = [why_not_in_study(cells, key, m, s, it) for key, m, s, it in
                         zip(others["tags.run_key"], others["tags.method"], others["tags.seed"], iterations)]
     missing = [c for c in cells if str(c["run_key"]) not in set(mine["tags.run_key"])]
+    steps = _diverged_steps(study, profile, {str(c["run_key"]) for c in missing})
+    diverged = [{**c, "step": steps[str(c["run_key"])]} for c in missing if str(c["run_key"]) in steps]
+    missing = [c for c in missing if str(c["run_key"]) not in steps]
     if mine.empty:
         hint = (f" ({len(others)} other finished run(s) there belong to another configuration, seed, dataset "
                 f"folder or code version: if the runs used --data DIR, pass the same --data to the report)"
@@ -80,7 +98,8 @@ def study_runs(study: str, profile: str, cells: list[dict[str, object]] | None =
     # launcher trained the cells
     order = mine.assign(_seed=pd.to_numeric(mine["tags.seed"], errors="coerce")).sort_values(
         ["tags.method", "_seed", "tags.run_key"]).index
-    return StudyRuns(mine.loc[order].reset_index(drop=True), others.reset_index(drop=True), missing, list(cells))
+    return StudyRuns(mine.loc[order].reset_index(drop=True), others.reset_index(drop=True), missing, list(cells),
+                     diverged)
 
 
 def finished_runs(study: str, profile: str, tracking_uri: str | None = None,
@@ -111,12 +130,20 @@ def why_not_in_study(cells: list[dict[str, object]], run_key: str, method: str, 
 
 
 def others_note(selected: StudyRuns) -> list[str]:
-    """Footnote lines: the study cells not finished yet and the runs that are not part of the study."""
+    """Footnote lines: the study cells that diverged or are not finished yet, and the runs that are
+    not part of the study."""
     lines = []
+    several_budgets = len({c.get("iterations") for c in selected.cells}) > 1
+
+    def name(cell: dict[str, object]) -> str:
+        return f"{cell['method']} seed {cell['seed']}" + (f" at {cell['iterations']} iterations" if several_budgets
+                                                          else "")
+    if selected.diverged:
+        names = ", ".join(f"{name(c)} (at iteration {c['step']})" for c in selected.diverged)
+        lines.append(f"Diverged, a non-finite loss ({len(selected.diverged)} of {len(selected.cells)} cells, "
+                     f"not shown): {names}.")
     if selected.missing:
-        several_budgets = len({c.get("iterations") for c in selected.cells}) > 1
-        names = ", ".join(f"{c['method']} seed {c['seed']}" + (f" at {c['iterations']} iterations" if several_budgets
-                                                                else "") for c in selected.missing)
+        names = ", ".join(name(c) for c in selected.missing)
         lines.append(f"Not finished yet ({len(selected.missing)} of {len(selected.cells)} cells): {names}.")
     if len(selected.others):
         groups = selected.others.groupby(["reason", "tags.method"])["tags.seed"].apply(

@@ -93,6 +93,7 @@ def build_table(runs: pd.DataFrame, metric: str = "dice") -> RenderedTable:
                           f"{runs['tags.asd_units'].iloc[0]})",
               "seeds": ", ".join(map(str, seeds)), "commit": ", ".join(commits) + (" (dirty)" if dirty else ""),
               "model selection / augmentation / precision": _protocol_choices(runs),
+              "computed on": _machines(runs),
               "test cases": runs["tags.test_cases"].iloc[0] + " of " + runs["tags.test_cases_total"].iloc[0]}
     n = grouped.size().loc[order]
     return RenderedTable(metric, mean, std, header, groups.loc[order], metric == "dice", n,
@@ -109,6 +110,30 @@ def _protocol_choices(runs: pd.DataFrame) -> str:
         return combos.iloc[0]
     by_method = dict(zip(method_labels(runs), combos))
     return "; ".join(f"{m}: {c}" for m, c in sorted(by_method.items()))
+
+
+def _machines(runs: pd.DataFrame) -> str:
+    """The machines the runs were trained on (``AVX2 CPU, 2 threads, torch 2.14.1``), per method
+    where they differ: float results depend on the CPU kind and the thread count, so a table whose
+    rows come from different machines says so."""
+    columns = ["tags.accelerator", "tags.cpu_capability", "tags.torch_threads", "tags.torch_version"]
+    if not all(c in runs for c in columns):
+        return "not recorded (runs before the machine was recorded)"
+
+    def describe(run: pd.Series) -> str:
+        if run[columns].isna().any():
+            return "not recorded"
+        where = (run["tags.accelerator"] if run["tags.accelerator"] != "none"
+                 else f"{run['tags.cpu_capability']} CPU, {run['tags.torch_threads']} threads")
+        return f"{where}, torch {run['tags.torch_version']}"
+
+    machines = runs.apply(describe, axis=1)
+    if machines.nunique() == 1:
+        return machines.iloc[0]
+    by_method: dict[str, set[str]] = {}
+    for method, machine in zip(method_labels(runs), machines):
+        by_method.setdefault(method, set()).add(machine)
+    return "; ".join(f"{m}: {' + '.join(sorted(v))}" for m, v in sorted(by_method.items()))
 
 
 def ranks(table: RenderedTable) -> pd.DataFrame:

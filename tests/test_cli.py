@@ -131,12 +131,18 @@ def test_list_methods() -> None:
 def test_crashed_run_is_failed_never_finished(tiny_cohort: Path, mlflow_store: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from methods.supervised import Supervised
-    monkeypatch.setattr(Supervised, "train_step", lambda self, batch, step: {"loss": float("nan")})
-    assert main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
-                 "--no-progress"]) == 2
+
+    def crash(self, batch, step):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in the method")
+
+    monkeypatch.setattr(Supervised, "train_step", crash)
+    with pytest.raises(RuntimeError, match="a bug in the method"):  # a bug is not swallowed
+        main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+              "--no-progress"])
     mlflow.set_tracking_uri(mlflow_store)
     runs = mlflow.search_runs(experiment_names=["table2"])
     assert set(runs["status"]) == {"FAILED"}  # the cell and its launch
+    assert runs["tags.error"].dropna().tolist() == ["RuntimeError: a bug in the method"]
     assert finished(mlflow_store).empty
 
 

@@ -44,6 +44,9 @@ def test_table_formats_and_statistics(store: Path, tiny_cohort: Path) -> None:
         assert f"{method} †" in md and numbers.loc[method, ("asd", "All")] != numbers.loc[method, ("asd", "All")]
     assert numbers[("dice_all_ci", "low")].notna().all()
     assert (out / "table2.png").stat().st_size > 20_000
+    import torch  # the runs were trained in this process: the table names its machine
+    machine = f"{torch.backends.cpu.get_cpu_capability()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    assert f"- **computed on**: {machine}" in md
 
 
 @pytest.mark.parametrize("method", ["DHC", "GA", "TAK"])
@@ -128,3 +131,17 @@ def test_an_all_background_row_is_flagged_and_never_marked_best() -> None:
     # without the flag (an older run without the count) the reference rule would make it best
     unflagged = build_table(runs.drop(columns="metrics.test/cases_all_background"), "asd")
     assert ranks(unflagged).loc["Collapsed", "All"] == 1
+
+
+def test_a_table_names_the_machines_its_rows_were_trained_on() -> None:
+    """Float results depend on the CPU kind and the thread count: mixed machines are named per method."""
+    from reports.tables import build_table
+    runs = _runs_frame({"A": {"dice": 60.0, "asd": 5.0}, "B": {"dice": 40.0, "asd": 9.0}}, {})
+    assert build_table(runs, "dice").header["computed on"] == "not recorded (runs before the machine was recorded)"
+    runs["tags.torch_version"], runs["tags.accelerator"] = "2.14.1", ["none", "NVIDIA H200"]
+    runs["tags.cpu_capability"], runs["tags.torch_threads"] = "AVX2", ["2", "16"]
+    assert build_table(runs, "dice").header["computed on"] == ("A: AVX2 CPU, 2 threads, torch 2.14.1; "
+                                                              "B: NVIDIA H200, torch 2.14.1")
+    runs["tags.accelerator"] = "none"
+    runs["tags.torch_threads"] = "2"
+    assert build_table(runs, "dice").header["computed on"] == "AVX2 CPU, 2 threads, torch 2.14.1"

@@ -255,6 +255,44 @@ def test_tables_show_exactly_the_study_cells(tiny_cohort: Path, tmp_path: Path, 
     assert "another configuration, data or code version of a study cell" in md
 
 
+def test_a_diverged_cell_is_recorded_the_launch_goes_on_and_it_is_not_trained_again(
+        tiny_cohort: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A non-finite loss is a result of the configuration: the run is FAILED with the iteration, the
+    other cells still train, the launch exits 0, a rerun does not train it again (unless asked to) and
+    the table names it instead of calling it not finished."""
+    from methods import get_method
+    study = long_study(tmp_path, budget=6, methods=["supervised", "fully"])
+    cls = get_method("supervised")  # `fully` subclasses it: only the labeled-only runs diverge
+    original = cls.train_step
+
+    def diverging(self, batch, step):  # type: ignore[no-untyped-def]
+        logs = original(self, batch, step)
+        return {**logs, "loss": float("nan")} if self.name == "supervised" and step == 3 else logs
+
+    monkeypatch.setattr(cls, "train_step", diverging)
+    assert main(run_args(study, tiny_cohort)) == 0
+    out = capsys.readouterr().out
+    assert "1 run(s) trained" in out and "1 diverged: supervised seed 0: non-finite loss at step 3" in out
+    runs = runs_of({"MLFLOW_TRACKING_URI": mlflow_store}).set_index("tags.method")
+    assert runs.loc["supervised", "status"] == "FAILED" and runs.loc["supervised", "tags.diverged_at_step"] == "3"
+    assert runs.loc["fully", "status"] == "FINISHED"
+    assert main(run_args(study, tiny_cohort)) == 0  # the diverged cell counts as done
+    assert "[skip] supervised seed 0: run " in capsys.readouterr().out
+    assert len(runs_of({"MLFLOW_TRACKING_URI": mlflow_store})) == 3  # 2 cells + the first launch's parent
+    out_dir = tmp_path / "o"
+    assert main(["report", study, "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(out_dir)]) == 0
+    md = (out_dir / "table2.md").read_text()
+    assert "Diverged, a non-finite loss (1 of 2 cells, not shown): supervised seed 0 (at iteration 3)." in md
+    assert "Not finished yet" not in md
+
+    monkeypatch.setattr(cls, "train_step", original)
+    assert main(run_args(study, tiny_cohort) + ["--retry-diverged"]) == 0
+    assert "1 run(s) trained, 1 already finished" in capsys.readouterr().out
+    assert main(["report", study, "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(out_dir)]) == 0
+    assert "Diverged" not in (out_dir / "table2.md").read_text()
+
+
 def test_summary_counts_all_background_cases() -> None:
     from benchmarks.data import DatasetInfo
     from benchmarks.evaluation import summarize
