@@ -40,10 +40,12 @@ def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None,
     is the paper's table (or empty); footnotes list unfinished cells and runs not part of the study."""
     ours = _value_frame(study)
     footnotes: list[str] = []
+    diverged: dict[str, str] = {}
     try:
         selected: StudyRuns = study_runs(study.study, profile, cells, tracking_uri)
         runs = selected.runs.copy()
         footnotes = others_note(selected)
+        diverged = {str(c["method"]): str(c["step"]) for c in selected.diverged}
     except NoRunsError:
         runs = pd.DataFrame()
     header: dict[str, str] = {"profile": profile}
@@ -55,7 +57,9 @@ def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None,
             ours[f"Dice {column}"] = table.mean[column].reindex(ours.index)
             ours[f"Dice {column} std"] = table.std[column].reindex(ours.index)
         ours["seeds"] = runs.groupby("tags.method")["tags.seed"].nunique().reindex(ours.index)
-    ours["status"] = [_status(study, name, name in set(runs.get("tags.method", []))) for name in ours.index]
+    finished = set(runs.get("tags.method", []))
+    ours["status"] = [f"diverged (iteration {diverged[name]})" if name in diverged and name not in finished
+                      else _status(study, name, name in finished) for name in ours.index]
     published = pd.DataFrame()
     if study.published.get("file"):
         published = pd.read_csv(PUBLISHED_DIR / study.published["file"])

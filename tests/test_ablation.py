@@ -36,9 +36,18 @@ def test_variant_with_unknown_key_is_named(tmp_path: Path) -> None:
 
 
 def test_lambda_c_sweep_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture) -> None:
+                                   capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from methods import get_method
+    tak = get_method("tak")
+    original = tak.train_step
+
+    def diverging(self, batch, step):  # type: ignore[no-untyped-def]  # as lambda_c = 10 does on the cpu profile
+        logs = original(self, batch, step)
+        return {**logs, "loss": float("inf")} if self.config.contrast_weight == 10 and step == 1 else logs
+
+    monkeypatch.setattr(tak, "train_step", diverging)
     assert main(["run", "ablation-lambda-c", "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress",
-                 "--methods", "tak-lc0,tak-lc0.1"]) == 0
+                 "--methods", "tak-lc0,tak-lc0.1,tak-lc10"]) == 0
     runs = mlflow.search_runs(experiment_names=["ablation-lambda-c"], filter_string="attributes.status = 'FINISHED'")
     runs = runs[runs["tags.run_key"].notna()]
     assert sorted(runs["tags.method"]) == ["tak-lc0", "tak-lc0.1"]
@@ -53,6 +62,8 @@ def test_lambda_c_sweep_end_to_end(tiny_cohort: Path, mlflow_store: str, tmp_pat
     assert "SYNTHETIC" in md and "Published (TAK paper" in md and "70.20" in md
     frame = pd.read_csv(out / "ablation-lambda-c.csv", index_col=0)
     assert frame.loc["tak-lc0", "status"] == "finished" and frame.loc["tak-lc5", "status"] == "not run yet"
+    assert frame.loc["tak-lc10", "status"] == "diverged (iteration 1)" and pd.isna(frame.loc["tak-lc10", "Dice All"])
+    assert "Diverged, a non-finite loss (1 of 8 cells, not shown): tak-lc10 seed 0 (at iteration 1)." in md
     assert frame.loc[["tak-lc0", "tak-lc0.1"], "Dice All"].notna().all()
     assert (out / "ablation-lambda-c.png").stat().st_size > 10_000
 
