@@ -124,7 +124,8 @@ def _machines(runs: pd.DataFrame) -> str:
         if run[columns].isna().any():
             return "not recorded"
         where = (run["tags.accelerator"] if run["tags.accelerator"] != "none"
-                 else f"{run['tags.cpu_capability']} CPU, {run['tags.torch_threads']} threads")
+                 else f"{run['tags.cpu_capability']} CPU, {run['tags.torch_threads']} "
+                      + ("thread" if run["tags.torch_threads"] == "1" else "threads"))
         return f"{where}, torch {run['tags.torch_version']}"
 
     machines = runs.apply(describe, axis=1)

@@ -45,7 +45,9 @@ def test_table_formats_and_statistics(store: Path, tiny_cohort: Path) -> None:
     assert numbers[("dice_all_ci", "low")].notna().all()
     assert (out / "table2.png").stat().st_size > 20_000
     import torch  # the runs were trained in this process: the table names its machine
-    machine = f"{torch.backends.cpu.get_cpu_capability()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    machine = (f"{torch.backends.cpu.get_cpu_capability()} CPU, {threads} thread{'s' if threads != 1 else ''}, "
+               f"torch {torch.__version__}")
     assert f"- **computed on**: {machine}" in md
 
 
@@ -139,8 +141,8 @@ def test_a_table_names_the_machines_its_rows_were_trained_on() -> None:
     runs = _runs_frame({"A": {"dice": 60.0, "asd": 5.0}, "B": {"dice": 40.0, "asd": 9.0}}, {})
     assert build_table(runs, "dice").header["computed on"] == "not recorded (runs before the machine was recorded)"
     runs["tags.torch_version"], runs["tags.accelerator"] = "2.14.1", ["none", "NVIDIA H200"]
-    runs["tags.cpu_capability"], runs["tags.torch_threads"] = "AVX2", ["2", "16"]
-    assert build_table(runs, "dice").header["computed on"] == ("A: AVX2 CPU, 2 threads, torch 2.14.1; "
+    runs["tags.cpu_capability"], runs["tags.torch_threads"] = "AVX2", ["1", "16"]
+    assert build_table(runs, "dice").header["computed on"] == ("A: AVX2 CPU, 1 thread, torch 2.14.1; "
                                                               "B: NVIDIA H200, torch 2.14.1")
     runs["tags.accelerator"] = "none"
     runs["tags.torch_threads"] = "2"
