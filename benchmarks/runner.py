@@ -88,6 +88,11 @@ class Launch:
         return self.parent.run_id if self.parent else None
 
 
+def diverged_reason(step: int | str) -> str:
+    """How a diverged cell is reported (CLI summary, skip line)."""
+    return f"non-finite loss at step {step}"
+
+
 class StudyRunner:
     """Loads the data once and runs the requested cells of one study under one profile.
 
@@ -157,8 +162,7 @@ class StudyRunner:
                     "the study's tables")
         launch = Launch(experiment_id, cells, {c.run_key: self._finished(experiment_id, c.run_key) for c in cells})
         if not self.retry_diverged:
-            launch.diverged = {c.run_key: found for c in launch.todo
-                               if (found := self._diverged(experiment_id, c.run_key)) is not None}
+            launch.diverged = self._diverged(experiment_id, {c.run_key for c in launch.todo})
         if launch.todo:
             self.cases(self.splits["train"] + self.splits["test"] + self.splits.get("eval", []))
             launch.parent = RunLog(self.client.create_run(
@@ -241,15 +245,15 @@ class StudyRunner:
                                        "attributes.status = 'FINISHED'", max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def _diverged(self, experiment_id: str, run_key: str) -> tuple[str, str] | None:
-        """The newest run of ``run_key`` that diverged (run id, reason), if any."""
-        runs = self.client.search_runs([experiment_id], filter_string=f"tags.run_key = '{run_key}' and "
-                                       "attributes.status = 'FAILED'", order_by=["attributes.start_time DESC"],
-                                       max_results=100)
-        for run in runs:
-            if "diverged_at_step" in run.data.tags:
-                return run.info.run_id, f"non-finite loss at step {run.data.tags['diverged_at_step']}"
-        return None
+    def _diverged(self, experiment_id: str, run_keys: set[str]) -> dict[str, tuple[str, str]]:
+        """Run key -> (run id, reason) of the newest diverged run, for those of ``run_keys`` that have one
+        (one query for the launch)."""
+        if not run_keys:
+            return {}
+        runs = self.client.search_runs([experiment_id], filter_string="attributes.status = 'FAILED'",
+                                       order_by=["attributes.start_time ASC"], max_results=50_000)
+        return {run.data.tags["run_key"]: (run.info.run_id, diverged_reason(run.data.tags["diverged_at_step"]))
+                for run in runs if "diverged_at_step" in run.data.tags and run.data.tags.get("run_key") in run_keys}
 
     def _retire_stale_launches(self, experiment_id: str) -> None:
         """Launch runs left RUNNING by a launcher that died (kill -9, power loss) become KILLED."""
@@ -308,7 +312,7 @@ class StudyRunner:
             log.end(FAILED)
             if not self.keep_checkpoints:
                 self.checkpoints.remove(cell.run_key)
-            reason = f"non-finite loss at step {exc.step}"
+            reason = diverged_reason(exc.step)
             say(f"[diverged] {cell.study.study} {cell.method} seed {cell.seed}: {reason}, run {log.run_id}")
             return self._outcome(cell, "diverged", log.run_id, reason=reason)
         except BaseException as exc:
