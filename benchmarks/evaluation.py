@@ -12,13 +12,14 @@ from benchmarks.data import Case, DatasetInfo
 from benchmarks.inference import sliding_window_probs
 from benchmarks.metrics import METRICS, Protocol, case_metrics
 from methods.base import Method
+from methods.common.kernels import class_argmax
 
 
 def predict_case(method: Method, case: Case, patch: Sequence[int], stride: Sequence[int]) -> np.ndarray:
     """Label map ``(X, Y, Z)`` predicted for ``case`` (argmax of the uniformly averaged softmax)."""
     image = torch.from_numpy(case.image)[None, None].to(method.device)
     probs = sliding_window_probs(image, method.predict, patch, stride)
-    return probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+    return class_argmax(probs)[0].cpu().numpy().astype(np.uint8)
 
 
 def evaluate(method: Method, cases: Sequence[Case], info: DatasetInfo, patch: Sequence[int],

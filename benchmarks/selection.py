@@ -32,6 +32,7 @@ from benchmarks.data import Case
 from benchmarks.inference import sliding_window_probs
 from benchmarks.metrics import dice
 from methods.base import Method
+from methods.common.kernels import class_argmax
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,11 @@ def validation_dice(method: Method, cases: Sequence[Case], num_classes: int, rul
         if rule.window == "centre_crop":
             image, label = centre_crop(case.image, patch), centre_crop(case.label, patch)
             x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(method.device)
-            pred = method.predict(x).argmax(1)[0].cpu().numpy()
+            pred = class_argmax(method.predict(x))[0].cpu().numpy()
         else:
             label = case.label
             x = torch.from_numpy(case.image)[None, None].to(method.device)
-            pred = sliding_window_probs(x, method.predict, patch, stride).argmax(1)[0].cpu().numpy()
+            pred = class_argmax(sliding_window_probs(x, method.predict, patch, stride))[0].cpu().numpy()
         values = []
         for c in range(1, num_classes):
             p, g = pred == c, label == c

@@ -32,6 +32,7 @@ from methods.base import Batch, Method, MethodConfig
 from methods.common.class_weights import DifficultyWeighting
 from methods.common.diff_vnet import DiffVNet
 from methods.common.diffusion import LinearSchedule, ddim_sample
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce, one_hot
 from methods.common.ramps import sigmoid_rampup
 from methods.registry import register
@@ -98,7 +99,7 @@ class AandD(Method):
                              self.config.ddim_steps, device=image_u.device)
         diffusion_probs = gaussian_smooth(F.gumbel_softmax(sample, dim=1), 3, self.config.smoothing_sigma)
         psi_probs = self.net.decoder_psi(self.net.features(image_u)).softmax(1)
-        return (diffusion_probs + psi_probs).argmax(1)
+        return class_argmax(diffusion_probs + psi_probs)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         self.net.train()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from methods.base import Batch
 from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce
 from methods.registry import register
 
@@ -118,8 +119,8 @@ class Adsh(TwoNetMethod):
         buffer_a, buffer_b = self._buffers(batch.image_u.shape[0])
         mask_a = class_mask(logits_a, buffer_a.observe(logits_a[n_l:]))
         mask_b = class_mask(logits_b, buffer_b.observe(logits_b[n_l:]))
-        cps = (F.cross_entropy(logits_a * mask_b, logits_b.argmax(1).detach())
-               + F.cross_entropy(logits_b * mask_a, logits_a.argmax(1).detach()))
+        cps = (F.cross_entropy(logits_a * mask_b, class_argmax(logits_b).detach())
+               + F.cross_entropy(logits_b * mask_a, class_argmax(logits_a).detach()))
         return self.cps_step(sup, cps, step)
 
     def extra_state(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import torch
 
 from methods.base import Batch, MethodConfig, StudentPredicts
 from methods.common.ema import ema_update
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce, weighted_ce_map
 from methods.common.ramps import sigmoid_rampup
 from methods.registry import register
@@ -127,7 +128,7 @@ class Basak(StudentPredicts):
         n_l = batch.image_l.shape[0]
         logits = self.student(torch.cat([batch.image_l, batch.image_u]))
         with torch.no_grad():
-            pseudo = self.teacher(batch.image_u).argmax(1)
+            pseudo = class_argmax(self.teacher(batch.image_u))
         sup = dice_and_ce(logits[:n_l], batch.label_l)
         self.sums += class_indicators(logits[:n_l], batch.label_l, c.accumulate).double().cpu()
         self.seen += 1

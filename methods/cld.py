@@ -26,6 +26,7 @@ import torch
 from methods.base import Batch
 from methods.common.class_weights import class_counts, inverse_frequency_weights
 from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce, weighted_ce_map
 from methods.registry import register
 
@@ -97,7 +98,7 @@ class CLD(TwoNetMethod):
         """Bernoulli mask: a voxel predicted c (by this network) is kept with probability s_c."""
         rates = bank.sampling_rates(self.config.sampling_power).float().to(logits.device)
         return (torch.rand(logits.shape[0:1] + logits.shape[2:], device=logits.device)
-                < rates[logits.detach().argmax(1)]).float()
+                < rates[class_argmax(logits.detach())]).float()
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n_l = batch.image_l.shape[0]
@@ -107,8 +108,8 @@ class CLD(TwoNetMethod):
             bank.accumulate(logits[:n_l].softmax(1), batch.label_l)
         sup = dice_and_ce(logits_a[:n_l], batch.label_l, weights) + dice_and_ce(logits_b[:n_l], batch.label_l, weights)
         mask_a, mask_b = self.keep_mask(logits_a, self.banks[0]), self.keep_mask(logits_b, self.banks[1])
-        cps = (weighted_ce_map(logits_a, logits_b.argmax(1).detach(), weights, mask_a)
-               + weighted_ce_map(logits_b, logits_a.argmax(1).detach(), weights, mask_b))
+        cps = (weighted_ce_map(logits_a, class_argmax(logits_b).detach(), weights, mask_a)
+               + weighted_ce_map(logits_b, class_argmax(logits_a).detach(), weights, mask_b))
         return {**self.cps_step(sup, cps, step), "kept_fraction": float((mask_a.mean() + mask_b.mean()) / 2)}
 
     def extra_state(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from methods.base import Batch
 from methods.common.cotraining import CoTrainingConfig, TwoNetMethod
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce
 from methods.registry import register
 
@@ -32,5 +33,5 @@ class CPS(TwoNetMethod):
         n_l = batch.image_l.shape[0]
         logits_a, logits_b = self.forward_both(batch)
         sup = dice_and_ce(logits_a[:n_l], batch.label_l) + dice_and_ce(logits_b[:n_l], batch.label_l)
-        cps = F.cross_entropy(logits_a, logits_b.argmax(1).detach()) + F.cross_entropy(logits_b, logits_a.argmax(1).detach())
+        cps = F.cross_entropy(logits_a, class_argmax(logits_b).detach()) + F.cross_entropy(logits_b, class_argmax(logits_a).detach())
         return self.cps_step(sup, cps, step)

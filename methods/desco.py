@@ -36,6 +36,7 @@ from torch import nn
 
 from methods.base import Batch, MethodConfig
 from methods.common.cotraining import TwoNetMethod
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce, weighted_ce_map
 from methods.common.ramps import sigmoid_rampup
 from methods.common.uncertainty import mc_entropy
@@ -97,7 +98,7 @@ class DeSCO(TwoNetMethod):
         threshold = (0.75 + 0.25 * ramp) * math.log(2)
         entropy_a, entropy_b = self.uncertainties(batch.image_u)
         mask_a, mask_b = (entropy_a < threshold).float(), (entropy_b < threshold).float()
-        pseudo_a, pseudo_b = logits_a[n_l:].detach().argmax(1), logits_b[n_l:].detach().argmax(1)
+        pseudo_a, pseudo_b = class_argmax(logits_a[n_l:].detach()), class_argmax(logits_b[n_l:].detach())
         cross_a = weighted_ce_map(logits_a[n_l:], pseudo_b, voxel_mask=mask_b)  # A learns from B's certain voxels
         cross_b = weighted_ce_map(logits_b[n_l:], pseudo_a, voxel_mask=mask_a)
         lam = self.config.consistency * ramp

@@ -39,6 +39,7 @@ from methods.common.errors import ConfigError
 from methods.base import Batch, StudentPredicts
 from methods.common.ema import ema_update, make_teacher
 from methods.common.ga_losses import magic_dice
+from methods.common.kernels import class_argmax
 from methods.common.magic_cube import as_grid, assemble, location_labels, mix_across_batch, partition, unmix
 from methods.common.magicnet_parts import ClassDistributionLogger, LocationHead, MagicCubeConfig
 from methods.common.ramps import sigmoid_rampup
@@ -188,12 +189,12 @@ class MagicNet(StudentPredicts):
         blended logits (None before)."""
         weights = self.class_logger.class_weights(self.config.dist_temperature)
         if step <= self.config.blend_start or weights is None:
-            return teacher_logits.argmax(1), None
-        pseudo = teacher_logits.argmax(1)
+            return class_argmax(teacher_logits), None
+        pseudo = class_argmax(teacher_logits)
         w = weights.to(teacher_logits.device)[pseudo].unsqueeze(1)
         cube = self.cube_logits_for_blending(cube_feats, n_l, teacher_logits.shape[0])
         blended = (1 - w) * teacher_logits + w * cube
-        return blended.argmax(1), blended
+        return class_argmax(blended), blended
 
     # -- one iteration ------------------------------------------------------------------------
     def forward_losses(self, batch: Batch, step: int) -> MagicForward:

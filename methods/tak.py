@@ -35,6 +35,7 @@ from torch import nn
 
 from methods.common.errors import ConfigError
 from methods.common.ga_losses import ga_ce, ga_dice
+from methods.common.kernels import class_argmax
 from methods.common.magic_cube import assemble, unmix
 from methods.common.magicnet_parts import MagicCubeConfig
 from methods.common.ramps import sigmoid_rampup
@@ -188,7 +189,7 @@ class TAK(MagicNet):
         with torch.no_grad():
             threshold = self.entropy_threshold(step)
             probs = teacher_logits.softmax(1)
-            pseudo = probs.argmax(1).masked_fill(entropy(probs) > threshold, -1)
+            pseudo = class_argmax(probs).masked_fill(entropy(probs) > threshold, -1)
             mix_probs = blended.softmax(1) if blended is not None else probs
             pseudo_mix = pseudo_mix.masked_fill(entropy(mix_probs) > threshold, -1)
             view_labels = torch.cat([labels, pseudo, labels, pseudo, labels, pseudo_mix])  # same order as views

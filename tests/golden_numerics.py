@@ -59,8 +59,16 @@ def method_fingerprint(name: str) -> dict[str, Any]:
         losses.append(float(method.train_step(batch, step)["loss"]))
     x = torch.rand(1, 1, *patch, generator=torch.Generator().manual_seed(42))
     logits = method.predict(x).double()
-    return {"version": cls.version, "losses": losses, "logits_mean": float(logits.mean()),
+    return {"version": _with_kernels(cls.version), "losses": losses, "logits_mean": float(logits.mean()),
             "logits_abs_mean": float(logits.abs().mean())}
+
+
+def _with_kernels(version: str) -> str:
+    """A method's version as its runs' keys see it here: with the kernels' version where that is not
+    torch's own (``methods.common.kernels.kernels_version``), since the kernels move the numbers too."""
+    from methods.common.kernels import kernels_version
+    kernels = kernels_version("cpu")
+    return version if kernels == "1" else f"{version}+kernels{kernels}"
 
 
 def generator_fingerprint(dataset: str) -> dict[str, Any]:

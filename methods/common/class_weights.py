@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from methods.common.kernels import class_argmax
+
 
 def class_counts(labels: torch.Tensor | Sequence[np.ndarray], num_classes: int) -> torch.Tensor:
     """Voxel count per class (float64) of an int tensor or a list of label volumes."""
@@ -45,7 +47,7 @@ class DistributionWeighting:
         self.weights = distribution_weights(class_counts(labels, self.num_classes))
 
     def update(self, logits_unlabeled: torch.Tensor) -> torch.Tensor:
-        counts = class_counts(logits_unlabeled.detach().argmax(1).cpu(), self.num_classes)
+        counts = class_counts(class_argmax(logits_unlabeled.detach()).cpu(), self.num_classes)
         self.weights = self.momentum * self.weights + (1 - self.momentum) * distribution_weights(counts)
         return self.weights.float().to(logits_unlabeled.device)
 
@@ -53,7 +55,7 @@ class DistributionWeighting:
 def hard_dice_per_class(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Hard batch Dice per class incl. background; a class absent from both sides gives 0.5."""
     num_classes = logits.shape[1]
-    pred = logits.argmax(1).reshape(-1)
+    pred = class_argmax(logits).reshape(-1)
     gt = labels.reshape(-1).long()
     tp = torch.bincount(gt[pred == gt], minlength=num_classes).double()
     size_p = torch.bincount(pred, minlength=num_classes).double()
@@ -148,7 +150,7 @@ class PseudoLabelWeighting:
         self.weights = self.momentum * self.weights + (1 - self.momentum) * labeled if blend_with_uniform else labeled
 
     def update(self, logits: torch.Tensor) -> torch.Tensor:
-        counts = class_counts(logits.detach().argmax(1).cpu(), self.num_classes)
+        counts = class_counts(class_argmax(logits.detach()).cpu(), self.num_classes)
         self.weights = self.momentum * self.weights + (1 - self.momentum) * self.rule(counts)
         return self.weights.float().to(logits.device)
 

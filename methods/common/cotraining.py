@@ -16,6 +16,7 @@ from torch import nn
 
 from methods.base import Batch, Method, MethodConfig
 from methods.common.class_weights import PseudoLabelWeighting
+from methods.common.kernels import class_argmax
 from methods.common.losses import dice_and_ce
 from methods.common.ramps import sigmoid_rampup
 
@@ -62,8 +63,8 @@ class TwoNetMethod(Method):
         """
         n_l = label_l.shape[0]
         sup = dice_and_ce(logits_a[:n_l], label_l, weight_a) + dice_and_ce(logits_b[:n_l], label_l, weight_b)
-        cps = (F.cross_entropy(logits_a, logits_b.argmax(1).detach(), weight=weight_a)
-               + F.cross_entropy(logits_b, logits_a.argmax(1).detach(), weight=weight_b))
+        cps = (F.cross_entropy(logits_a, class_argmax(logits_b).detach(), weight=weight_a)
+               + F.cross_entropy(logits_b, class_argmax(logits_a).detach(), weight=weight_b))
         return sup, cps
 
     def optimise(self, loss: torch.Tensor) -> None:
