@@ -10,6 +10,8 @@ two drivers on one study train each cell once. Ray re-runs a task whose worker d
 checkpoint folder must be reachable from every node). A task that raises (e.g. a bad
 configuration) is not retried: its cell is reported failed with the reason, the others go on. A
 cell whose loss diverged is not an error: its run is recorded as diverged and its task returns.
+With progress on, workers report their iterations to a :class:`ProgressBoard` actor and the driver
+draws one bar per running cell under the bar over the cells (a worker's own output is not shown).
 """
 from __future__ import annotations
 
@@ -39,6 +41,80 @@ class CellSpec:
     parent_id: str | None
     checkpoint_dir: str
     keep_checkpoints: bool
+    progress_board: Any = None  # a ProgressBoard actor handle, or None (no per-run bars)
+
+
+class ProgressBoard:
+    """The latest ``(phase, done, total)`` of every running cell, by run key: workers write, the driver
+    reads (run as a Ray actor that asks for no CPU)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[str, tuple[str, int, int]] = {}
+
+    def update(self, run_key: str, phase: str, done: int, total: int) -> None:
+        self.cells[run_key] = (phase, done, total)
+
+    def snapshot(self) -> dict[str, tuple[str, int, int]]:
+        return dict(self.cells)
+
+
+class _BoardReporter:
+    """A worker's ``on_progress``: sends to the board at most once a second, and waits for the send of
+    a phase's last report, so the driver sees it when the task's result arrives."""
+
+    def __init__(self, board: Any, interval_s: float = 1.0) -> None:
+        self.board, self.interval_s, self.last = board, interval_s, 0.0
+
+    def __call__(self, run_key: str, phase: str, done: int, total: int) -> None:
+        import ray
+        now = time.monotonic()
+        if done >= total:
+            ray.get(self.board.update.remote(run_key, phase, done, total))
+        elif now - self.last >= self.interval_s:
+            self.board.update.remote(run_key, phase, done, total)
+        else:
+            return
+        self.last = now
+
+
+class _RunBars:
+    """One bar per running cell (positions 1, 2, ... under the bar over the cells), drawn from the board."""
+
+    def __init__(self, board: Any, names: dict[str, str]) -> None:
+        self.board, self.names = board, names
+        self.bars: dict[str, Any] = {}
+        self.positions: dict[str, int] = {}
+        self.ended: set[str] = set()
+
+    def refresh(self) -> None:
+        import ray
+        from tqdm import tqdm
+        for key, (phase, done, total) in ray.get(self.board.snapshot.remote()).items():
+            if key in self.ended:
+                continue
+            bar = self.bars.get(key)
+            if bar is None:
+                used = set(self.positions.values())
+                self.positions[key] = next(p for p in range(1, len(used) + 2) if p not in used)
+                bar = self.bars[key] = tqdm(total=total, desc=self.names.get(key, key), unit="it", leave=False,
+                                            position=self.positions[key], dynamic_ncols=True)
+            bar.total, bar.n = total, done
+            bar.set_description_str(self.names.get(key, key) + (" evaluation" if phase == "evaluation" else ""),
+                                    refresh=False)
+            bar.refresh()
+
+    def end(self, key: str) -> None:
+        """The cell's task returned: draw its last report, then remove its bar."""
+        self.refresh()
+        self.ended.add(key)
+        self.positions.pop(key, None)
+        bar = self.bars.pop(key, None)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        for key in list(self.bars):
+            self.end(key)
 
 
 def train_cell(spec: CellSpec) -> dict[str, Any]:
@@ -49,9 +125,10 @@ def train_cell(spec: CellSpec) -> dict[str, Any]:
     from benchmarks.claims import Heartbeat
     from benchmarks.interrupt import StopSignals
     from benchmarks.runner import StudyRunner
+    reporter = _BoardReporter(spec.progress_board) if spec.progress_board is not None else None
     runner = StudyRunner(spec.study, spec.profile, [spec.method], [spec.seed], spec.data_dir, progress=False,
                          tracking_uri=spec.tracking_uri, checkpoint_dir=spec.checkpoint_dir,
-                         keep_checkpoints=spec.keep_checkpoints)
+                         keep_checkpoints=spec.keep_checkpoints, on_progress=reporter)
     cells = [c for c in runner.cells() if c.run_key == spec.run_key]
     if not cells:
         raise ConfigError(f"worker derived other run keys than the driver for {spec.method} seed {spec.seed} "
@@ -87,20 +164,28 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
     task = ray.remote(num_cpus=profile.cpus_per_cell, num_gpus=profile.gpus_per_cell,
                       max_retries=max_retries)(train_cell)
     data_dir = str(runner.dataset.root)
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote() if runner.progress else None
     futures = {}
     for cell in launch.todo:
         spec = CellSpec(runner.study, profile, cell.method, cell.seed, cell.run_key, data_dir, runner.tracking_uri,
-                        launch.experiment_id, launch.parent_id, str(runner.checkpoints.root), runner.keep_checkpoints)
+                        launch.experiment_id, launch.parent_id, str(runner.checkpoints.root), runner.keep_checkpoints,
+                        board)
         futures[task.remote(spec)] = cell
     results = []
     bar = tqdm(total=len(futures), desc=f"{runner.study.study} [{profile.name}] cells on Ray", unit="cell",
                disable=not runner.progress, dynamic_ncols=True,
                bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining} {postfix}")
+    runs = _RunBars(board, {c.run_key: c.name for c in futures.values()}) if board is not None else None
     pending, failed, started = list(futures), 0, time.time()
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0 if runs is not None else None)
+            if not done:  # nothing returned within the second: redraw the running cells' bars
+                runs.refresh()  # type: ignore[union-attr]
+                continue
             cell = futures[done[0]]
+            if runs is not None:
+                runs.end(cell.run_key)
             try:
                 outcome = ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:  # raised inside the task: not transient
@@ -119,6 +204,8 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
             ray.cancel(ref, force=True)
         raise
     finally:
+        if runs is not None:
+            runs.close()
         bar.close()
     say(f"[ray] {len(results)} cell(s) in {time.time() - started:.0f} s: "
         + ", ".join(f"{sum(r['status'] == s for r in results)} {s}"

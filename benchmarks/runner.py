@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -104,13 +104,18 @@ class StudyRunner:
         retry_diverged: train again the cells whose run diverged (a non-finite loss). By default such a
             cell is done: its run key fixes everything that determines the result, so it would diverge
             again (its run stays FAILED with the tags ``diverged_at_step`` and ``error``).
+        on_progress: ``on_progress(run_key, phase, done, total)`` after every training iteration
+            (phase ``"train"``, iterations) and once when the evaluation starts (``"evaluation"``); the
+            Ray launcher's workers report through it to the driver's per-run bars.
     """
 
     def __init__(self, study: Study, profile: Profile, methods: list[str] | None = None,
                  seeds: list[int] | None = None, data_dir: str | Path | None = None, progress: bool = True,
                  tracking_uri: str | None = None, checkpoint_dir: str | Path | None = None,
-                 keep_checkpoints: bool = False, wait: bool = False, retry_diverged: bool = False) -> None:
+                 keep_checkpoints: bool = False, wait: bool = False, retry_diverged: bool = False,
+                 on_progress: Callable[[str, str, int, int], None] | None = None) -> None:
         self.plan = StudyPlan(study, profile, methods, seeds, data_dir, progress)
+        self.on_progress = on_progress
         self.study, self.profile, self.progress = study, profile, progress
         self.dataset, self.splits = self.plan.dataset, self.plan.splits
         self.checkpoints = CheckpointStore(checkpoint_dir)
@@ -386,12 +391,17 @@ class StudyRunner:
                                                 rng_state(), list(curve), train_before + time.time() - train_start,
                                                 log.run_id, selector.state()))
 
+        def after_step(done: int) -> bool:
+            if self.on_progress is not None:
+                self.on_progress(cell.run_key, "train", done, cell.iterations)
+            return selector(done)
+
         try:
             with signals.deferred():
                 train(method, sampler, cell.iterations, profile.log_every, on_log=on_log, progress=self.progress,
                       description=cell.name, start_step=start_step, checkpoint_every=profile.checkpoint_every,
                       on_checkpoint=on_checkpoint, should_stop=signals.should_stop, precision=profile.precision,
-                      after_step=selector)
+                      after_step=after_step)
         except StopRequested as stop:
             raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
         if profile.checkpoint_every and start_step < cell.iterations:
@@ -402,6 +412,8 @@ class StudyRunner:
                   "validations": str(len(selector.history))})
         log.figure(training_curve_figure(curve, cell.name), "plots/training_curve.png")
         test_ids = self.plan.test_ids()
+        if self.on_progress is not None:
+            self.on_progress(cell.run_key, "evaluation", cell.iterations, cell.iterations)
         eval_start = time.time()
         per_case = evaluate(method, self.cases(test_ids), self.dataset, profile.patch, profile.eval_stride,
                             self.plan.protocol, self.progress, f"{cell.name} evaluation")

@@ -98,3 +98,27 @@ def test_class_argmax_is_argmax_with_ties_and_nan() -> None:
         assert torch.equal(class_argmax(scores), scores.argmax(1))
         assert torch.equal(class_argmax(scores.transpose(2, 3)), scores.transpose(2, 3).argmax(1))
         assert torch.equal(class_argmax(scores, dim=0), scores.argmax(0))
+
+
+def test_the_kernels_version_enters_the_run_key_where_it_is_not_torchs(tiny_cohort, monkeypatch) -> None:
+    """A CPU run whose weight gradients are convolutions has other keys than one with torch's kernels
+    (a GPU run, or a CPU of an unmeasured kind, keeps the keys it had before the kernels)."""
+    import dataclasses
+
+    from benchmarks.config import load_profile, load_study
+    from benchmarks.plan import StudyPlan
+    from methods.common import kernels
+
+    assert kernels.kernels_version("cuda") == "1" and kernels.kernels_version("cuda:0") == "1"
+    smoke = load_profile("smoke")
+
+    def cell(capabilities: frozenset[str], device: str = "cpu"):
+        monkeypatch.setattr(kernels, "FAST_WEIGHT_GRAD_CAPABILITIES", capabilities)
+        profile = dataclasses.replace(smoke, device=device)
+        return StudyPlan(load_study("table2"), profile, methods=["dhc"], data_dir=tiny_cohort, progress=False).cells()[0]
+
+    this_cpu = frozenset({torch.backends.cpu.get_cpu_capability()})
+    fast, plain = cell(this_cpu), cell(frozenset())
+    assert fast.versions["kernels"] == "2" and "kernels" not in plain.versions
+    assert fast.run_key != plain.run_key
+    assert "kernels" not in cell(this_cpu, "cuda").versions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,3 +157,17 @@ def test_two_drivers_at_once_train_every_cell_once(cluster: str, tiny_cohort: Pa
     assert len(finished) == 2 and finished["tags.run_key"].nunique() == 2
     trained = sum(int(out.strip().splitlines()[-1].split(": ")[1].split()[0]) for out, _ in outputs)
     assert trained == 2  # the two summaries together: each cell trained by exactly one driver
+
+
+def test_the_driver_draws_one_bar_per_running_cell(cluster: str, disconnect, tiny_cohort: Path, tmp_path: Path,
+                                                   mlflow_store: str, capfd: pytest.CaptureFixture) -> None:
+    """With progress on, workers report their iterations to the driver (their own output is not
+    forwarded), which draws a bar per running cell under the bar over the cells; each cell's bar
+    ends at its last iteration."""
+    study = study_file(tmp_path, name="ray-bars", methods=["supervised"])
+    assert main(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--launcher", "ray",
+                 "--address", cluster]) == 0
+    err = capfd.readouterr().err
+    assert "ray-bars [smoke] cells on Ray" in err
+    for seed in (0, 1):
+        assert re.search(rf"supervised seed {seed}( evaluation)?: 100%\|[^\r\n]*\| 12/12", err), err[-2000:]
