@@ -96,9 +96,11 @@ class _RunBars:
             if bar is None:
                 used = set(self.positions.values())
                 self.positions[key] = next(p for p in range(1, len(used) + 2) if p not in used)
-                bar = self.bars[key] = tqdm(total=total, desc=self.names.get(key, key), unit="it", leave=False,
-                                            position=self.positions[key], dynamic_ncols=True)
-            bar.total, bar.n = total, done
+                bar = self.bars[key] = tqdm(total=total, initial=done, desc=self.names.get(key, key), unit="it",
+                                            leave=False, position=self.positions[key], dynamic_ncols=True)
+            bar.total = total
+            if done > bar.n:
+                bar.update(done - bar.n)  # through update(): the rate and ETA follow the reports
             bar.set_description_str(self.names.get(key, key) + (" evaluation" if phase == "evaluation" else ""),
                                     refresh=False)
             bar.refresh()
