@@ -115,7 +115,8 @@ def test_the_kernels_version_enters_the_run_key_where_it_is_not_torchs(tiny_coho
     def cell(capabilities: frozenset[str], device: str = "cpu"):
         monkeypatch.setattr(kernels, "FAST_WEIGHT_GRAD_CAPABILITIES", capabilities)
         profile = dataclasses.replace(smoke, device=device)
-        return StudyPlan(load_study("table2"), profile, methods=["dhc"], data_dir=tiny_cohort, progress=False).cells()[0]
+        plan = StudyPlan(load_study("table2"), profile, methods=["dhc"], data_dir=tiny_cohort, progress=False)
+        return plan.cells()[0]
 
     this_cpu = frozenset({torch.backends.cpu.get_cpu_capability()})
     fast, plain = cell(this_cpu), cell(frozenset())
