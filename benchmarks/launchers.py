@@ -105,9 +105,10 @@ class _RunBars:
                                     refresh=False)
             bar.refresh()
 
-    def end(self, key: str) -> None:
+    def end(self, key: str, refresh: bool = True) -> None:
         """The cell's task returned: draw its last report, then remove its bar."""
-        self.refresh()
+        if refresh:
+            self.refresh()
         self.ended.add(key)
         self.positions.pop(key, None)
         bar = self.bars.pop(key, None)
@@ -115,8 +116,11 @@ class _RunBars:
             bar.close()
 
     def close(self) -> None:
+        """Draw the last reports once, then remove every bar."""
+        if self.bars:
+            self.refresh()
         for key in list(self.bars):
-            self.end(key)
+            self.end(key, refresh=False)
 
 
 def train_cell(spec: CellSpec) -> dict[str, Any]:
