@@ -23,7 +23,7 @@ from benchmarks.metrics import Protocol, get_protocol
 from benchmarks.selection import RULES, SelectionRule, selection_rule
 from methods import UnknownMethodError, get_method
 from methods.base import Method, MethodConfig
-from methods.common.kernels import kernels_version
+from methods.common.kernels import run_key_versions
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
 # lr_scale is in the key through the scaled ``method_config.lr`` it produces
@@ -191,10 +191,7 @@ class StudyPlan:
         """Behaviour versions that enter ``method``'s run keys."""
         versions = {"method": self.method_classes[method].version, "harness": HARNESS_VERSION,
                     "protocol": self.protocol.version, "data_generator": self.dataset.generator_version}
-        kernels = kernels_version(self.profile.device)
-        if kernels != "1":  # torch's own kernels: keys as before there (their runs' numbers did not change)
-            versions["kernels"] = kernels
-        return versions
+        return versions | run_key_versions(self.profile.device)
 
     def budgets(self) -> list[int]:
         """Training iterations of the study's cells: the budget, or the budget times each of

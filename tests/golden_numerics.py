@@ -65,10 +65,10 @@ def method_fingerprint(name: str) -> dict[str, Any]:
 
 def _with_kernels(version: str) -> str:
     """A method's version as its runs' keys see it here: with the kernels' version where that is not
-    torch's own (``methods.common.kernels.kernels_version``), since the kernels move the numbers too."""
-    from methods.common.kernels import kernels_version
-    kernels = kernels_version("cpu")
-    return version if kernels == "1" else f"{version}+kernels{kernels}"
+    torch's own (``methods.common.kernels.run_key_versions``, as the run keys), since the kernels move
+    the numbers too: ``1+kernels2`` on an AVX2 CPU."""
+    from methods.common.kernels import run_key_versions
+    return version + "".join(f"+{name}{value}" for name, value in run_key_versions("cpu").items())
 
 
 def generator_fingerprint(dataset: str) -> dict[str, Any]:

@@ -44,6 +44,18 @@ def kernels_version(device: str) -> str:
     return "1"
 
 
+def run_key_versions(device: str) -> dict[str, str]:
+    """The kernels' entry in a run's behaviour versions on ``device``: ``{"kernels": v}`` where
+    :func:`kernels_version` is not torch's own ("1"), else empty, so runs with torch's kernels (GPU,
+    unmeasured CPU kinds) keep the keys they had before the kernels existed.
+
+    >>> run_key_versions("cuda")
+    {}
+    """
+    version = kernels_version(device)
+    return {} if version == "1" else {"kernels": version}
+
+
 def fast_weight_grad_applies(x: torch.Tensor) -> bool:
     """Whether :func:`conv3d` computes the weight gradient of ``x``'s convolution as a convolution."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
