@@ -34,12 +34,18 @@ def cpu_method(name: str):
 @pytest.mark.parametrize("name", ["supervised", "fully", "mean_teacher", "uamt", "cps", "desco", "cobionet", "cld",
                                   "crest", "simis", "adsh", "depl", "basak", "dhc", "and", "magicnet", "ga", "tak"])
 def test_train_step(benchmark, name: str) -> None:
-    """One training iteration at the ``cpu`` profile (TAK at an iteration where its contrast is on)."""
+    """One training iteration at the ``cpu`` profile (TAK at an iteration where its contrast is on); when
+    benchmarking, the FLOPs of one step (counted before the timed ones) go to extra_info."""
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(0)
     method = cpu_method(name)
     batch = Batch(torch.rand(2, 1, *PROFILE.patch), torch.randint(0, 16, (2, *PROFILE.patch)),
                   torch.rand(2, 1, *PROFILE.patch))
     benchmark.extra_info["patch"] = list(PROFILE.patch)
+    if not benchmark.disabled:
+        with FlopCounterMode(display=False) as counter:
+            method.train_step(batch, 60)
+        benchmark.extra_info["flops"] = counter.get_total_flops()
     logs = benchmark.pedantic(method.train_step, args=(batch, 60), rounds=5, warmup_rounds=1, iterations=1)
     assert np.isfinite(logs["loss"])
 

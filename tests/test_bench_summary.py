@@ -1,0 +1,26 @@
+"""The ratios ``make bench`` ends with (``tests/bench/conftest.py``), on benchmark records made here."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bench.conftest import train_step_lines
+
+
+def record(name: str, median_s: float, flops: float | None = None) -> SimpleNamespace:
+    """The fields of a pytest-benchmark record that the summary reads."""
+    return SimpleNamespace(name=f"test_train_step[{name}]", stats=SimpleNamespace(median=median_s),
+                           extra_info={} if flops is None else {"flops": flops})
+
+
+def test_step_ratios_come_with_their_flop_ratios_and_the_steps_rate() -> None:
+    runs = [record("ga", 1.0, 90e9), record("tak", 1.5, 100e9), record("mean_teacher", 0.5, 40e9),
+            record("uamt", 1.2, 80e9)]
+    tak, uamt, together = train_step_lines(runs, peak_gflops=155.0)
+    assert tak.startswith("TAK / GA train step: 1.50x") and tak.endswith("FLOPs 1.11x (100.0 / 90.0 GFLOP)")
+    assert uamt.startswith("UA-MT / Mean Teacher train step: 2.40x") and "FLOPs 2.00x" in uamt
+    assert together == "4 train steps together: 310 GFLOP in 4.2 s = 73.8 GFLOP/s = 48 % of the fp32 peak"
+
+
+def test_without_counted_flops_only_the_step_ratios_are_shown() -> None:
+    lines = train_step_lines([record("ga", 1.0), record("tak", 1.3)], peak_gflops=155.0)
+    assert lines == ["TAK / GA train step: 1.30x (1.300 s / 1.000 s; target <= 1.3x)"]
