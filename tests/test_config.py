@@ -69,7 +69,7 @@ def test_lr_scale_multiplies_every_methods_rate_and_is_in_the_key(tiny_cohort: P
     from methods.registry import get_method
 
     study, smoke = load_study("table2"), load_profile("smoke")
-    assert smoke.lr_scale == 1.0 and load_profile("cpu").lr_scale == 10.0
+    assert smoke.lr_scale == 1.0 and load_profile("cpu").lr_scale == 20.0
     cells = {}
     for scale in (1.0, 10.0):
         profile = dataclasses.replace(smoke, lr_scale=scale)
