@@ -11,7 +11,7 @@ from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
 from methods.registry import UnknownMethodError
-from reports.queries import NoRunsError
+from reports.errors import NoRunsError  # not reports.queries: gpu-check runs without MLflow
 
 REPORT_TABLES = {"table1": 1, "table2": 2, "table3": 3, "table4": 4}
 
@@ -148,17 +148,24 @@ def cmd_figure(args: argparse.Namespace) -> int:
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from benchmarks.gpu_check import gpu_check, write_report
-    report = gpu_check(args.device, args.tiny, args.iterations, _csv(args.methods), args.precision)
-    for row in report["methods"]:
+    out = Path(args.out) if args.out else None
+
+    def on_row(so_far: dict) -> None:
+        row = so_far["methods"][-1]
         if "error" in row:
-            print(f"{row['method']:12s} ERROR {row['error']}")
+            print(f"{row['method']:12s} ERROR {row['error']}", flush=True)
         else:
             memory = f"{row['peak_memory_gib']:.2f} GiB" if row["peak_memory_gib"] == row["peak_memory_gib"] else "n/a"
             print(f"{row['method']:12s} step {row['step_s_median']:.3f} s  peak {memory}  loss finite: "
-                  f"{row['loss_finite']}")
-    text = write_report(report, Path(args.out) if args.out else None)
-    if args.out:
-        print(f"wrote {args.out}")
+                  f"{row['loss_finite']}", flush=True)
+        if out is not None:
+            write_report(so_far, out)  # rewritten after every method: a check cut short keeps its rows
+
+    report = gpu_check(args.device, args.tiny, args.iterations, _csv(args.methods), args.precision,
+                       args.cudnn_benchmark, on_row=on_row)
+    text = write_report(report, out)
+    if out is not None:
+        print(f"wrote {out}")
     else:
         print(text)
     return 0 if report["all_finite"] else 1
@@ -312,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--iterations", type=int, default=5)
     gpu.add_argument("--methods", help="comma-separated subset (default: all)")
     gpu.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the paper profile's on CUDA")
+    gpu.add_argument("--cudnn-benchmark", action="store_true",
+                     help="turn on cuDNN's autotuner (the harness leaves it off) to measure what it buys")
     gpu.add_argument("--out", help="write the JSON here")
     gpu.set_defaults(func=cmd_gpu_check)
     data = sub.add_parser("data", help="dataset utilities")

@@ -14,7 +14,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -73,28 +73,65 @@ def check_method(name: str, device: torch.device, iterations: int, tiny: bool, p
             "losses": losses}
 
 
+def environment(target: torch.device, tiny: bool, iterations: int, cudnn_benchmark: bool) -> dict[str, Any]:
+    """What the timings were taken on: torch, CUDA and cuDNN versions, the device and its capability."""
+    env: dict[str, Any] = {"torch": torch.__version__, "tiny": tiny, "iterations": iterations,
+                           "cudnn_benchmark": cudnn_benchmark}
+    if target.type == "cuda":
+        props = torch.cuda.get_device_properties(target)
+        env.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                   memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    else:
+        env["device"] = "cpu"
+    return env
+
+
 def gpu_check(device: str = "cuda", tiny: bool = False, iterations: int = 5, methods: list[str] | None = None,
-              precision: str | None = None) -> dict[str, Any]:
-    """Run :func:`check_method` for every method (or ``methods``); returns the JSON-able report."""
+              precision: str | None = None, cudnn_benchmark: bool = False,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run :func:`check_method` for every method (or ``methods``); returns the JSON-able report.
+
+    A method that fails (out of memory, or any other error) gets a row with ``error`` and the check
+    goes on with the next one, so one broken method never hides the others' figures.
+    ``cudnn_benchmark`` turns on cuDNN's autotuner for the whole check (the harness leaves it off,
+    as the references do), to measure what it would buy. ``on_row(report_so_far)`` is called after
+    each method (the CLI prints the row and rewrites the JSON, so a check cut short keeps its rows).
+    """
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         from benchmarks.errors import ConfigError
         raise ConfigError("gpu-check: no CUDA device here; pass --device cpu --tiny for the CPU smoke check")
     chosen = precision or (load_profile("paper").precision if target.type == "cuda" else "fp32")
+    names = methods or list_methods()
+    for name in names:
+        get_method(name)  # an unknown name is the caller's error (UnknownMethodError), not a method's row
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     results = []
-    for name in methods or list_methods():
-        started = time.time()
-        try:
-            row = check_method(name, target, iterations, tiny, chosen)
-        except torch.cuda.OutOfMemoryError as exc:
-            row = {"method": name, "error": f"out of memory: {str(exc).splitlines()[0]}", "loss_finite": False}
-        row["wall_s"] = time.time() - started
-        results.append(row)
-        if target.type == "cuda":
-            torch.cuda.empty_cache()
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu",
-           "tiny": tiny, "iterations": iterations}
-    return {"environment": env, "methods": results,
+    try:
+        for name in names:
+            started = time.time()
+            try:
+                row = check_method(name, target, iterations, tiny, chosen)
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"method": name, "error": f"out of memory: {str(exc).splitlines()[0]}", "loss_finite": False}
+            except Exception as exc:  # noqa: BLE001 -- reported per method, the check goes on
+                row = {"method": name, "error": f"{type(exc).__name__}: {exc}", "loss_finite": False}
+            row["wall_s"] = time.time() - started
+            results.append(row)
+            if on_row is not None:
+                on_row(_report(target, tiny, iterations, cudnn_benchmark, results))
+            if target.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    return _report(target, tiny, iterations, cudnn_benchmark, results)
+
+
+def _report(target: torch.device, tiny: bool, iterations: int, cudnn_benchmark: bool,
+            results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"environment": environment(target, tiny, iterations, cudnn_benchmark), "methods": list(results),
             "all_finite": all(r.get("loss_finite") for r in results)}
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
+from reports.errors import NoRunsError
 
-class NoRunsError(LookupError):
-    """The store holds no finished run for the query."""
+__all__ = ["NoRunsError", "StudyRuns", "finished_runs", "study_runs", "others_note"]
 
 
 @dataclass

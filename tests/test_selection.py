@@ -190,6 +190,41 @@ def test_fp16_on_the_cpu_is_a_clear_error() -> None:
         autocast("cpu", "fp16")
 
 
+def test_gpu_check_reports_a_failing_method_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from benchmarks import gpu_check as check
+    real = check.check_method
+
+    def broken_cps(name, *args, **kwargs):
+        if name == "cps":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(check, "check_method", broken_cps)
+    out = tmp_path / "gpu_check.json"
+    code = main(["gpu-check", "--device", "cpu", "--tiny", "--iterations", "1", "--methods", "cps,supervised",
+                 "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 1 and not report["all_finite"]
+    cps, supervised = report["methods"]
+    assert cps["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert supervised["loss_finite"] and supervised["step_s_median"] > 0
+    assert report["environment"]["cudnn_benchmark"] is False
+
+
+def test_gpu_check_rejects_an_unknown_method_before_running() -> None:
+    assert main(["gpu-check", "--device", "cpu", "--tiny", "--methods", "supervised,no_such_method"]) == 2
+
+
+def test_the_cli_imports_without_mlflow() -> None:
+    """gpu-check runs on a bare GPU image (torch only): the CLI must not import MLflow up front."""
+    import subprocess
+    import sys
+    code = "import sys, benchmarks.cli; print(sorted(m for m in ('mlflow', 'monai', 'open_clip') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_gpu_check_runs_on_the_cpu_tiny(tmp_path: Path) -> None:
     import json
     from methods import list_methods
