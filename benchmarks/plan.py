@@ -189,8 +189,11 @@ class StudyPlan:
 
     def versions(self, method: str) -> dict[str, str]:
         """Behaviour versions that enter ``method``'s run keys."""
-        versions = {"method": self.method_classes[method].version, "harness": HARNESS_VERSION,
+        cls = self.method_classes[method]
+        versions = {"method": cls.version, "harness": HARNESS_VERSION,
                     "protocol": self.protocol.version, "data_generator": self.dataset.generator_version}
+        if self.profile.device != "cpu" and cls.accelerator_version != "1":
+            versions["method_accelerator"] = cls.accelerator_version
         return versions | run_key_versions(self.profile.device)
 
     def budgets(self) -> list[int]:

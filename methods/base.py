@@ -76,10 +76,14 @@ class Method(abc.ABC):
             the old behaviour are then trained again instead of being reused. ``tests/golden/``
             holds each method's numeric fingerprint per version, and a test fails when the numbers
             change while the version does not.
+        accelerator_version: the behaviour version of forms the method uses on an accelerator only
+            (a GPU form of an operation whose CPU form is unchanged); part of the run key on a
+            non-CPU device when not "1", so CPU runs keep their keys.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
+    accelerator_version: ClassVar[str] = "1"
     title: ClassVar[str] = ""  # display name in tables, e.g. "Mean Teacher"
     group: ClassVar[Group] = "general"
     Config: ClassVar[type[MethodConfig]] = MethodConfig

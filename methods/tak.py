@@ -66,7 +66,8 @@ class TAKConfig(MagicCubeConfig):
     temperature: float = 0.07
     sampler_draws: Literal["over_budget", "every_class"] = "over_budget"
     """``over_budget`` (the reference): random numbers are drawn only for classes with more voxels than
-    their budget; ``every_class``: every class is permuted (this suite's version 1)."""
+    their budget; ``every_class``: every class is permuted (this suite's version 1). CPU only: an
+    accelerator draws every class's sample in one sort (``tak.contrast.sample_voxels_sorted``)."""
     contrast_start_epoch: float = 20
     reference_epochs: int = 161
     consistency_ramp_epochs: float = 160
@@ -79,6 +80,9 @@ class TAK(MagicNet):
     # Bump when what this method computes changes (part of the run key). 3: the contrastive loss runs in
     # fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there).
     version = "3"
+    # 2: on an accelerator the dynamic head is block-diagonal, the contrastive loss dense and the voxel
+    # sampler one sort (tak/model.py, tak/contrast.py): the same maths, another random stream.
+    accelerator_version = "2"
     reference_selection = "tak"
     reference_augmentation = "none"
     group = "imbalance"

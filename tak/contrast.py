@@ -27,7 +27,8 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
     without drawing random numbers; ``draw_all`` permutes every class (the suite's version 1, which
     consumed the random stream for every class). The draws are made view by view, class by class;
     the embeddings are then read with one gather (one index per voxel in the backward pass rather
-    than a full-size gradient per class and view).
+    than a full-size gradient per class and view). On an accelerator :func:`sample_voxels_sorted`
+    draws the same distribution in one pass (another random stream; ``draw_all`` has no effect there).
 
     Args:
         embeddings: ``(V, K, D, H, W)`` voxel embeddings of ``V`` views.
@@ -35,6 +36,8 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
     Returns:
         ``(N, K)`` sampled embeddings and their ``(N,)`` labels.
     """
+    if embeddings.device.type != "cpu":
+        return sample_voxels_sorted(embeddings, labels, per_class)
     voxels_per_view = labels[0].numel() if len(labels) else 0
     picked, classes = [], []
     for view in range(labels.shape[0]):
@@ -51,6 +54,36 @@ def sample_voxels(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
     return rows.index_select(0, torch.cat(picked)), torch.cat(classes)
 
 
+def sample_voxels_sorted(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_voxels` without a loop over views and classes (the accelerator form).
+
+    Every valid voxel gets a uniform random key; sorted by (view, class) and by key within each
+    group, the first ``per_class`` of a group are kept: a uniform sample without replacement of
+    ``per_class`` voxels of each class and view, all of them where a class has fewer, as the loop
+    draws, in about 20 kernel launches instead of several per class and view (each with a
+    host-device synchronisation). Rows come view by view, class by class, as the loop's; within a
+    class the order is random (the contrastive loss does not depend on the order).
+
+    >>> emb = torch.arange(8.0).view(1, 1, 8, 1, 1)
+    >>> feats, classes = sample_voxels_sorted(emb, torch.tensor([1, 2, 2, 1, 2, 2, 2, -1]).view(1, 8, 1, 1), 3)
+    >>> classes.tolist(), sorted(feats[:2, 0].tolist())
+    ([1, 1, 2, 2, 2], [0.0, 3.0])
+    """
+    flat = labels.flatten()
+    valid = (flat >= 0).nonzero().squeeze(1)
+    if valid.numel() == 0:
+        return embeddings.new_zeros((0, embeddings.shape[1])), labels.new_zeros((0,))
+    group = (valid // labels[0].numel()) * (1 << 31) + flat[valid]  # (view, class); class ids < 2^31
+    order = torch.argsort(torch.rand(valid.numel(), device=flat.device))
+    order = order[torch.argsort(group[order], stable=True)]
+    counts = torch.unique_consecutive(group[order], return_counts=True)[1]
+    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    chosen = valid[order[torch.arange(order.numel(), device=flat.device) - starts < per_class]]
+    rows = embeddings.flatten(2).transpose(1, 2).reshape(-1, embeddings.shape[1])  # (V * voxels, K)
+    return rows.index_select(0, chosen), flat[chosen]
+
+
 def supervised_contrastive_dense(anchors: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
                                  ) -> torch.Tensor:
     """:func:`supervised_contrastive` with plain autograd over the ``(N, N)`` similarity matrix (the
@@ -65,7 +98,7 @@ def supervised_contrastive_dense(anchors: torch.Tensor, labels: torch.Tensor, te
     rows, cols = positives.nonzero(as_tuple=True)  # the log is needed on positive pairs only
     terms = sim[rows, cols] - torch.log(exp[rows, cols] + negatives_sum[rows])
     totals = sim.new_zeros(len(labels)).index_add(0, rows, terms)
-    per_anchor = -totals / (positives.sum(1) + 1e-5)
+    per_anchor = -totals / (positives.sum(1).to(sim.dtype) + 1e-5)  # the count in the anchors' precision
     return per_anchor.mean()
 
 
@@ -143,13 +176,16 @@ def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperat
     ``l_i = -1/(|P(i)| + 1e-5) sum_{j in P(i)} [s_ij - log(exp s_ij + sum_{k in Neg(i)} exp s_ik)]``
     with ``s = a a^T / tau`` shifted by its row maximum, ``P(i)`` the other anchors of i's class and
     ``Neg(i)`` those of other classes; returns ``mean_i l_i``. Computed in fp32 (or fp64) on every device,
-    also under autocast, a block of rows at a time (:class:`_ChunkedSupCon`);
-    :func:`supervised_contrastive_dense` is the plain form.
+    also under autocast; on the CPU a block of rows at a time (:class:`_ChunkedSupCon`), on an
+    accelerator in the plain form over the whole ``(N, N)`` matrix (:func:`supervised_contrastive_dense`;
+    at most about 7,700 anchors: a few hundred MB, in about 40 kernel launches instead of thousands).
     """
-    order = torch.argsort(labels, stable=True)
-    counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
     precise = anchors if anchors.dtype == torch.float64 else anchors.float()
     with torch.autocast(anchors.device.type, enabled=False):
+        if anchors.device.type != "cpu":  # memory is ample there, kernel launches are not: one block
+            return supervised_contrastive_dense(precise, labels, temperature)
+        order = torch.argsort(labels, stable=True)
+        counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
         return _ChunkedSupCon.apply(F.normalize(precise, dim=1)[order], counts, temperature)
 
 

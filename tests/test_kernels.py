@@ -123,3 +123,23 @@ def test_the_kernels_version_enters_the_run_key_where_it_is_not_torchs(tiny_coho
     assert fast.versions["kernels"] == "2" and "kernels" not in plain.versions
     assert fast.run_key != plain.run_key
     assert "kernels" not in cell(this_cpu, "cuda").versions
+
+
+def test_a_methods_accelerator_version_enters_gpu_run_keys_only(tiny_cohort) -> None:
+    """TAK's accelerator forms (version 2) change its GPU run keys, not its CPU ones, nor another
+    method's GPU keys."""
+    import dataclasses
+
+    from benchmarks.config import load_profile, load_study
+    from benchmarks.plan import StudyPlan
+
+    smoke = load_profile("smoke")
+
+    def versions(device: str) -> dict[str, dict[str, str]]:
+        plan = StudyPlan(load_study("table2"), dataclasses.replace(smoke, device=device), methods=["tak", "ga"],
+                         data_dir=tiny_cohort, progress=False)
+        return {c.method: c.versions for c in plan.cells()}
+
+    gpu, cpu = versions("cuda"), versions("cpu")
+    assert gpu["tak"]["method_accelerator"] == "2" and "method_accelerator" not in gpu["ga"]
+    assert "method_accelerator" not in cpu["tak"]

@@ -209,3 +209,68 @@ def test_network_accepts_any_text_width() -> None:
     for width in (384, 512):
         net = TAKNetwork(VNet(1, 3, 4, "instance"), torch.randn(2, 3, width), torch.nn.Identity())
         assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+def test_block_diagonal_head_equals_the_per_class_products() -> None:
+    """The accelerator form of the dynamic head (one block-diagonal product per sample and layer):
+    values and gradients as the per-class batched products, in double precision."""
+    from tak.model import dynamic_head_block_diagonal
+    torch.manual_seed(0)
+    h = torch.randn(3, 8, 4, 5, 6, dtype=torch.double, requires_grad=True)
+    params = (torch.randn(3, 5, dynamic_head_param_count(), dtype=torch.double) * 0.3).requires_grad_()
+    upstream = torch.randn(3, 5, 4, 5, 6, dtype=torch.double)
+    results = []
+    for head in (dynamic_head_block_diagonal, dynamic_head_unfused):
+        out = head(h, params)
+        out.backward(upstream)
+        results.append((out.detach(), h.grad.clone(), params.grad.clone()))
+        h.grad = params.grad = None
+    for block, plain in zip(*results):
+        torch.testing.assert_close(block, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_accelerator_contrastive_is_the_dense_form() -> None:
+    """On an accelerator the loss is the dense form; on the CPU the chunked one: same value and gradient."""
+    torch.manual_seed(0)
+    anchors, labels = torch.randn(300, 16, dtype=torch.double, requires_grad=True), torch.randint(0, 5, (300,))
+    chunked = supervised_contrastive(anchors, labels, 0.07)
+    (grad_chunked,) = torch.autograd.grad(chunked, anchors)
+    dense = supervised_contrastive_dense(anchors, labels, 0.07)
+    (grad_dense,) = torch.autograd.grad(dense, anchors)
+    torch.testing.assert_close(chunked, dense, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_chunked, grad_dense, rtol=1e-9, atol=1e-12)
+
+
+def test_sorted_sampler_draws_a_uniform_capped_sample_of_every_class_and_view() -> None:
+    """The accelerator sampler: each (view, class) gives min(count, budget) distinct voxels of that
+    class and view, never an ignored one, view by view and class by class; every voxel of an
+    over-budget class is drawn about equally often; gradients reach exactly the drawn voxels."""
+    from tak.contrast import sample_voxels_sorted
+    torch.manual_seed(0)
+    labels = torch.randint(-1, 4, (3, 4, 5, 6))
+    emb = torch.arange(3 * 120, dtype=torch.float64).view(3, 1, 120).repeat(1, 2, 1).view(3, 2, 4, 5, 6)
+    emb.requires_grad_()
+    feats, classes = sample_voxels_sorted(emb, labels, per_class=7)
+    flat = labels.flatten()
+    picked = feats[:, 0].detach().long()  # the embedding is the voxel's flat index
+    assert torch.equal(flat[picked], classes) and len(set(picked.tolist())) == len(picked)
+    expected_groups = []
+    for view in range(3):
+        for cls in flat[view * 120:(view + 1) * 120].unique():
+            if cls >= 0:
+                count = int((flat[view * 120:(view + 1) * 120] == cls).sum())
+                expected_groups.append((view, int(cls), min(count, 7)))
+    groups = torch.stack([picked // 120, classes], 1).unique_consecutive(dim=0, return_counts=True)
+    assert [(int(v), int(c), int(k)) for (v, c), k in zip(groups[0], groups[1])] == expected_groups
+    feats.sum().backward()
+    assert set(emb.grad[:, 0].flatten().nonzero().squeeze(1).tolist()) == set(picked.tolist())
+    # uniformity: 10 voxels of class 0 in one view, budget 3, 3000 draws: each voxel about 900 times
+    one_view = torch.tensor([0] * 10 + [1] * 2).view(1, 12, 1, 1)
+    positions = torch.arange(12.0).view(1, 1, 12, 1, 1)
+    hits = torch.zeros(12)
+    for _ in range(3000):
+        feats, classes = sample_voxels_sorted(positions, one_view, per_class=3)
+        assert classes.tolist() == [0, 0, 0, 1, 1]
+        hits.index_add_(0, feats[:, 0].long(), torch.ones(len(feats)))
+    assert hits[10:].tolist() == [3000.0, 3000.0]
+    assert ((hits[:10] - 900).abs() < 120).all(), hits  # binomial sd about 25
