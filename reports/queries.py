@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
-from reports.errors import NoRunsError
-
-__all__ = ["NoRunsError", "StudyRuns", "finished_runs", "study_runs", "others_note"]
+from reports.errors import NoRunsError  # noqa: F401 -- raised here, imported from here by the reports
 
 
 @dataclass
