@@ -102,6 +102,7 @@ def supervised_contrastive_dense(anchors: torch.Tensor, labels: torch.Tensor, te
     return per_anchor.mean()
 
 
+DENSE_MAX_ANCHORS = 16_384  # accelerator: dense up to here (1 GiB per N x N float32 matrix; lambda_N = 80 is 15,392)
 ROWS_PER_CHUNK = 256  # rows of the similarity matrix computed at once: 256 x N floats (about 8 MB at N = 8k)
 
 
@@ -177,12 +178,13 @@ def supervised_contrastive(anchors: torch.Tensor, labels: torch.Tensor, temperat
     with ``s = a a^T / tau`` shifted by its row maximum, ``P(i)`` the other anchors of i's class and
     ``Neg(i)`` those of other classes; returns ``mean_i l_i``. Computed in fp32 (or fp64) on every device,
     also under autocast; on the CPU a block of rows at a time (:class:`_ChunkedSupCon`), on an
-    accelerator in the plain form over the whole ``(N, N)`` matrix (:func:`supervised_contrastive_dense`;
-    at most about 7,700 anchors: a few hundred MB, in about 40 kernel launches instead of thousands).
+    accelerator in the plain form over the whole ``(N, N)`` matrix (:func:`supervised_contrastive_dense`,
+    about 40 kernel launches instead of thousands) up to :data:`DENSE_MAX_ANCHORS` anchors (the
+    default 40 voxels per class give about 7,700: a few hundred MB), chunked beyond.
     """
     precise = anchors if anchors.dtype == torch.float64 else anchors.float()
     with torch.autocast(anchors.device.type, enabled=False):
-        if anchors.device.type != "cpu":  # memory is ample there, kernel launches are not: one block
+        if anchors.device.type != "cpu" and anchors.shape[0] <= DENSE_MAX_ANCHORS:  # launches, not memory, bind
             return supervised_contrastive_dense(precise, labels, temperature)
         order = torch.argsort(labels, stable=True)
         counts = torch.unique_consecutive(labels[order], return_counts=True)[1].tolist()
