@@ -143,10 +143,12 @@ def dynamic_head(h: torch.Tensor, params: torch.Tensor, channels: int = HEAD_CHA
 
     On the CPU the chunked kernel (:class:`_ChunkedDynamicHead`) runs; on an accelerator, where a
     loop over chunks would launch thousands of small kernels, the block-diagonal form
-    (:func:`dynamic_head_block_diagonal`) does.
+    (:func:`dynamic_head_block_diagonal`) does; on the meta device (FLOP counting) the per-class form.
     """
     if h.device.type == "cpu":
         return _ChunkedDynamicHead.apply(h, params, channels)
+    if h.device.type == "meta":  # FLOP counting (Table 6): the per-class products, not the zero blocks
+        return dynamic_head_unfused(h, params, channels)
     return dynamic_head_block_diagonal(h, params, channels)
 
 
