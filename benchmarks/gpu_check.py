@@ -22,7 +22,7 @@ from benchmarks.config import load_profile
 from benchmarks.data import load_dataset
 from benchmarks.data.sources import DATASETS_DIR
 from benchmarks.plan import resolve_method_config
-from benchmarks.training import autocast, prepare_precision
+from benchmarks.training import autocast, compute_environment, prepare_precision
 from methods import Batch, get_method, list_methods
 
 TINY = {"patch": (32, 32, 32), "base_filters": 4, "cube_grid": (2, 2, 1), "location_hidden": 32}
@@ -74,16 +74,14 @@ def check_method(name: str, device: torch.device, iterations: int, tiny: bool, p
 
 
 def environment(target: torch.device, tiny: bool, iterations: int, cudnn_benchmark: bool) -> dict[str, Any]:
-    """What the timings were taken on: torch, CUDA and cuDNN versions, the device and its capability."""
-    env: dict[str, Any] = {"torch": torch.__version__, "tiny": tiny, "iterations": iterations,
+    """What the timings were taken on: the runs' :func:`~benchmarks.training.compute_environment` tags,
+    on CUDA also the capability, memory, CUDA and cuDNN versions, and the check's own settings."""
+    env: dict[str, Any] = {**compute_environment(str(target)), "tiny": tiny, "iterations": iterations,
                            "cudnn_benchmark": cudnn_benchmark}
     if target.type == "cuda":
         props = torch.cuda.get_device_properties(target)
-        env.update(device=props.name, capability=f"{props.major}.{props.minor}",
-                   memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version())
-    else:
-        env["device"] = "cpu"
+        env.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return env
 
 
@@ -108,7 +106,8 @@ def gpu_check(device: str = "cuda", tiny: bool = False, iterations: int = 5, met
         get_method(name)  # an unknown name is the caller's error (UnknownMethodError), not a method's row
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    results = []
+    env = environment(target, tiny, iterations, cudnn_benchmark)
+    results: list[dict[str, Any]] = []
     try:
         for name in names:
             started = time.time()
@@ -121,17 +120,16 @@ def gpu_check(device: str = "cuda", tiny: bool = False, iterations: int = 5, met
             row["wall_s"] = time.time() - started
             results.append(row)
             if on_row is not None:
-                on_row(_report(target, tiny, iterations, cudnn_benchmark, results))
+                on_row(_report(env, results))
             if target.type == "cuda":
                 torch.cuda.empty_cache()
     finally:
         torch.backends.cudnn.benchmark = previous
-    return _report(target, tiny, iterations, cudnn_benchmark, results)
+    return _report(env, results)
 
 
-def _report(target: torch.device, tiny: bool, iterations: int, cudnn_benchmark: bool,
-            results: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"environment": environment(target, tiny, iterations, cudnn_benchmark), "methods": list(results),
+def _report(env: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"environment": env, "methods": list(results),
             "all_finite": all(r.get("loss_finite") for r in results)}
 
 

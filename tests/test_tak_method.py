@@ -35,6 +35,16 @@ def test_dynamic_head_equals_explicit_per_class_convolutions(head) -> None:
     assert dynamic_head_param_count() == 153
 
 
+def _outputs_and_grads(head, h: torch.Tensor, params: torch.Tensor, upstream: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A head form's output and the gradients of ``h`` and ``params`` for the ``upstream`` gradient."""
+    out = head(h, params)
+    out.backward(upstream)
+    result = out.detach(), h.grad.clone(), params.grad.clone()
+    h.grad = params.grad = None
+    return result
+
+
 def test_chunked_dynamic_head_gradients() -> None:
     """The chunked CPU kernel's hand-written backward: gradcheck in double precision (several chunks; fast mode: random projections of the Jacobian),
     and equal to plain autograd in float32 at the cpu profile's size."""
@@ -45,12 +55,7 @@ def test_chunked_dynamic_head_gradients() -> None:
     h = torch.randn(4, 8, 32, 32, 32, requires_grad=True)
     params = (torch.randn(4, 16, 153) * 0.3).requires_grad_()
     upstream = torch.randn(4, 16, 32, 32, 32)
-    grads = []
-    for head in (dynamic_head, dynamic_head_unfused):
-        out = head(h, params)
-        out.backward(upstream)
-        grads.append((out.detach(), h.grad.clone(), params.grad.clone()))
-        h.grad = params.grad = None
+    grads = [_outputs_and_grads(head, h, params, upstream) for head in (dynamic_head, dynamic_head_unfused)]
     for fused, plain in zip(*grads):
         torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
 
@@ -219,12 +224,8 @@ def test_block_diagonal_head_equals_the_per_class_products() -> None:
     h = torch.randn(3, 8, 4, 5, 6, dtype=torch.double, requires_grad=True)
     params = (torch.randn(3, 5, dynamic_head_param_count(), dtype=torch.double) * 0.3).requires_grad_()
     upstream = torch.randn(3, 5, 4, 5, 6, dtype=torch.double)
-    results = []
-    for head in (dynamic_head_block_diagonal, dynamic_head_unfused):
-        out = head(h, params)
-        out.backward(upstream)
-        results.append((out.detach(), h.grad.clone(), params.grad.clone()))
-        h.grad = params.grad = None
+    results = [_outputs_and_grads(head, h, params, upstream)
+               for head in (dynamic_head_block_diagonal, dynamic_head_unfused)]
     for block, plain in zip(*results):
         torch.testing.assert_close(block, plain, rtol=1e-12, atol=1e-12)
 
