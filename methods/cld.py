@@ -92,11 +92,11 @@ class CLD(TwoNetMethod):
     def observe_data(self, labeled_labels: Sequence[np.ndarray], iterations_per_epoch: int) -> None:
         super().observe_data(labeled_labels, iterations_per_epoch)
         counts = class_counts(labeled_labels, self.num_classes)
-        self.class_weights = inverse_frequency_weights(counts, self.config.weight_power).float()
+        self.class_weights = inverse_frequency_weights(counts, self.config.weight_power).to(torch.get_default_dtype())
 
     def keep_mask(self, logits: torch.Tensor, bank: ConfidenceBank) -> torch.Tensor:
         """Bernoulli mask: a voxel predicted c (by this network) is kept with probability s_c."""
-        rates = bank.sampling_rates(self.config.sampling_power).float().to(logits.device)
+        rates = bank.sampling_rates(self.config.sampling_power).to(logits.device, torch.get_default_dtype())
         return (torch.rand(logits.shape[0:1] + logits.shape[2:], device=logits.device)
                 < rates[class_argmax(logits.detach())]).float()
 

@@ -211,7 +211,7 @@ class TAKNetwork(nn.Module):
         backbone.out_conv = nn.Identity()  # TAK's decoder returns the nf-channel feature
         nf = backbone.decoder[-1][0].out_channels
         self.backbone, self.location_head = backbone, location_head
-        self.register_buffer("text", text.float().clone())
+        self.register_buffer("text", text.to(torch.get_default_dtype()).clone())
         self.text_head = TextDrivenHead(nf, text.shape[-1])
         self.projections = nn.ModuleList([ProjectionHead(w) for w in (4 * nf, 8 * nf, 16 * nf)])
 

@@ -1,17 +1,16 @@
 """Behaviour versions: the numbers of a method, the synthetic generator or the harness may change only
 together with their version (which is part of every run key), so old runs are never reused for new
-behaviour. Fingerprints live in tests/golden/numerics-<CPU capability>.json, one file per CPU kind
-(tests/golden_numerics.py explains why and how to update them)."""
+behaviour. Fingerprints live in tests/golden/numerics.json, one file for every CPU kind (computed in
+float64; tests/golden_numerics.py explains why and how to update them)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from golden_numerics import CAPABILITY, GOLDEN_FILE, entries, load, load_all
+from golden_numerics import GOLDEN_FILE, entries, load
 
 GOLDEN = load()
-ALL_KINDS = load_all()
 ENTRIES = entries()
 REL = 2e-3  # far above run-to-run noise on one machine type, far below what a behaviour change moves
 
@@ -28,12 +27,7 @@ def _close(a: object, b: object) -> bool:
 def test_numbers_change_only_with_the_version(name: str) -> None:
     now, stored = ENTRIES[name](), GOLDEN.get(name)
     if stored is None or stored["version"] != now["version"]:
-        elsewhere = sorted(kind for kind, golden in ALL_KINDS.items()
-                           if golden.get(name, {}).get("version") == now["version"])
-        if elsewhere:
-            pytest.skip(f"{name} version {now['version']} is recorded for the {', '.join(elsewhere)} CPU kind(s) only, "
-                        f"not for this one ({CAPABILITY}): `.venv/bin/python tests/golden_numerics.py --update`")
-        pytest.fail(f"{name}: version {now['version']} has no fingerprint on any CPU kind (recorded here: "
+        pytest.fail(f"{name}: version {now['version']} has no fingerprint (recorded: "
                     f"{stored['version'] if stored else 'none'}); run `.venv/bin/python tests/golden_numerics.py "
                     f"--update` and commit tests/golden/{GOLDEN_FILE.name}")
     moved = {k: (stored[k], now[k]) for k in now if k != "version" and not _close(stored.get(k), now[k])}
@@ -45,8 +39,6 @@ def test_numbers_change_only_with_the_version(name: str) -> None:
 def test_the_guard_notices_a_changed_method(monkeypatch: pytest.MonkeyPatch) -> None:
     """Changing what a method computes without a version bump moves its fingerprint beyond tolerance."""
     from methods import get_method
-    if "method:supervised" not in GOLDEN:
-        pytest.skip(f"no fingerprints recorded for this CPU kind ({CAPABILITY})")
     cls = get_method("supervised")
     original = cls.train_step
 
@@ -60,3 +52,18 @@ def test_the_guard_notices_a_changed_method(monkeypatch: pytest.MonkeyPatch) -> 
     assert now["version"] == GOLDEN["method:supervised"]["version"]
     assert not _close(GOLDEN["method:supervised"]["logits_abs_mean"], now["logits_abs_mean"]) or \
         not _close(GOLDEN["method:supervised"]["losses"], now["losses"])
+
+
+def test_every_registered_method_has_a_fingerprint() -> None:
+    """A method registered without a recorded fingerprint fails here (and in the parametrised test)."""
+    from methods import list_methods
+    missing = sorted(m for m in list_methods() if f"method:{m}" not in GOLDEN)
+    assert not missing, f"no fingerprint in tests/golden/{GOLDEN_FILE.name} for {missing}"
+
+
+def test_fingerprints_run_in_float64_and_restore_the_default_dtype() -> None:
+    """The fingerprint is computed in double precision, and float32 stays the default afterwards."""
+    import torch
+    before = torch.get_default_dtype()
+    ENTRIES["method:supervised"]()
+    assert torch.get_default_dtype() == before == torch.float32

@@ -49,7 +49,7 @@ class DistributionWeighting:
     def update(self, logits_unlabeled: torch.Tensor) -> torch.Tensor:
         counts = class_counts(class_argmax(logits_unlabeled.detach()).cpu(), self.num_classes)
         self.weights = self.momentum * self.weights + (1 - self.momentum) * distribution_weights(counts)
-        return self.weights.float().to(logits_unlabeled.device)
+        return self.weights.to(logits_unlabeled.device, torch.get_default_dtype())
 
 
 def hard_dice_per_class(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -94,7 +94,7 @@ class DifficultyWeighting:
         score = difficulty * self.dice_deficit
         self.weights = self.num_classes * (score / score.max() if self.normalise_max else score)
         self.prev_dice = dice
-        return self.weights.float().to(logits_labeled.device)
+        return self.weights.to(logits_labeled.device, torch.get_default_dtype())
 
 
 def inverse_frequency_weights(counts: torch.Tensor, power: float = 1 / 3) -> torch.Tensor:
@@ -152,7 +152,7 @@ class PseudoLabelWeighting:
     def update(self, logits: torch.Tensor) -> torch.Tensor:
         counts = class_counts(class_argmax(logits.detach()).cpu(), self.num_classes)
         self.weights = self.momentum * self.weights + (1 - self.momentum) * self.rule(counts)
-        return self.weights.float().to(logits.device)
+        return self.weights.to(logits.device, torch.get_default_dtype())
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights.clone()}

@@ -34,8 +34,8 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int = TIME_EMBED_IN) -> tor
     """Sinusoidal embedding ``(B, dim)`` of integer timesteps ``(B,)``: ``[sin(t f_k), cos(t f_k)]`` with
     ``f_k = exp(-k ln(10000) / (dim/2 - 1))`` (the DDPM/fairseq convention of the reference)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=timesteps.device) * -(math.log(10000) / (half - 1)))
-    angles = timesteps.float()[:, None] * freqs[None, :]
+    freqs = torch.exp(torch.arange(half, dtype=torch.get_default_dtype(), device=timesteps.device) * -(math.log(10000) / (half - 1)))
+    angles = timesteps.to(freqs.dtype)[:, None] * freqs[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 

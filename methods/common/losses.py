@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(B, D, H, W)`` int labels -> ``(B, C, D, H, W)`` float one-hot."""
-    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+    return F.one_hot(labels.long(), num_classes).movedim(-1, 1).to(torch.get_default_dtype())
 
 
 def batch_dice_fg(probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
