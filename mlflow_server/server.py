@@ -9,6 +9,11 @@ PostgreSQL for many concurrent writers.
 ``GET /health`` answers ``OK``, writes a pid file and prints the URL to export as
 ``MLFLOW_TRACKING_URI``; ``stop`` terminates exactly the process named in the pid file (and its
 workers). A server that is already running is reported, not started twice.
+
+The pid file is trusted only as far as it can be checked (:func:`_verified_pid`): ``stop`` signals a
+process group only when its leader is alive, has a pid above 1 that is not this process's own group,
+was started at the time the pid file records, and runs ``mlflow server`` on this port. A stale, foreign,
+edited or unreadable pid file is removed and nothing is signalled.
 """
 from __future__ import annotations
 
@@ -71,13 +76,50 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _running_pid(config: ServerConfig) -> int | None:
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
     try:
-        pid = json.loads(config.pid_file.read_text())["pid"]
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _verified_pid(config: ServerConfig) -> int | None:
+    """The pid in ``config.pid_file`` if it is the server this module started there, else None.
+
+    Checked: an integer above 1, not this process's own group, alive, a process-group leader (it was
+    started in its own session), the start time recorded in the pid file, and a command line of
+    ``mlflow server ... --port <port>``.
+    """
+    try:
+        record = json.loads(config.pid_file.read_text())
+        pid, started = record["pid"], record.get("started")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid in (os.getpid(), os.getpgrp()):
+        return None
+    try:
+        if os.getpgid(pid) != pid:
+            return None
+    except OSError:
+        return None
+    if started is None or _start_time(pid) != started:
+        return None
+    command = _command_line(pid)
+    listens = "--port" in command and command[command.index("--port") + 1:][:1] == [str(config.port)]
+    return pid if "mlflow" in command and "server" in command and listens else None
+
+
+def _running_pid(config: ServerConfig) -> int | None:
+    return _verified_pid(config)
 
 
 def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
@@ -94,7 +136,8 @@ def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
     log = open(config.log_file, "ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                cwd=config.root)
-    config.pid_file.write_text(json.dumps({"pid": process.pid, "url": config.url, "backend": config.backend}))
+    config.pid_file.write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid),
+                                           "url": config.url, "backend": config.backend}))
     deadline = time.time() + wait_s
     while time.time() < deadline:
         if process.poll() is not None:
@@ -108,16 +151,18 @@ def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
 
 
 def stop(config: ServerConfig = ServerConfig(), wait_s: float = 20.0) -> bool:
-    """Terminate the server named in the pid file (its whole process group); False if none ran."""
-    pid = _running_pid(config)
-    config_had_pid = config.pid_file.exists()
+    """Terminate the server named in the pid file (its whole process group); False if none ran.
+
+    A pid file that does not name a server started here (:func:`_verified_pid`) is removed, and
+    nothing is signalled."""
+    pid = _verified_pid(config)
     config.pid_file.unlink(missing_ok=True)
     if pid is None:
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return config_had_pid
+        return True
     deadline = time.time() + wait_s
     while time.time() < deadline:
         if _reaped_or_gone(pid):

@@ -79,10 +79,33 @@ def protocol_spec(dataset: str, protocol: str) -> dict:
     return PROTOCOLS[dataset][protocol]
 
 
+def check_label_values(label: np.ndarray, path: Path, num_classes: int | None) -> None:
+    """A :class:`DatasetError` naming ``path`` and the values when ``label`` holds a negative value or,
+    with ``num_classes``, a value outside ``0 .. num_classes - 1`` (before any cast to uint8, which
+    would silently turn 256 into background).
+
+    >>> check_label_values(np.array([0, 3]), Path("l.nii.gz"), 4)
+    >>> check_label_values(np.array([0, 256, -1]), Path("l.nii.gz"), 16)
+    Traceback (most recent call last):
+    methods.common.errors.DatasetError: l.nii.gz: label values [-1, 256] outside the class map 0..15
+    """
+    values = np.unique(label)
+    bad = values[values < 0] if num_classes is None else values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        shown = bad[:10].tolist() + (["..."] if bad.size > 10 else [])
+        scope = "negative label values" if num_classes is None else "label values"
+        limit = "" if num_classes is None else f" outside the class map 0..{num_classes - 1}"
+        raise DatasetError(f"{path}: {scope} {shown}{limit}")
+
+
 def prepare_case(image_path: Path, label_path: Path, protocol: str, dataset: str = "amos",
-                 label_map: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+                 label_map: dict[int, int] | None = None, num_classes: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Load one real case, reorient, remap labels (``label_map``: source id -> target id, others 0)
-    and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``."""
+    and resample it under ``protocol``. Returns ``(HU int16, label uint8, spacing)``.
+
+    Label values are checked first: negative ones are refused, and without a ``label_map`` so is any
+    value outside ``0 .. num_classes - 1`` (when given)."""
     spec = protocol_spec(dataset, protocol)
     # one read per file: validated arrays, wrapped again only to reuse nibabel's reorientation
     image_img = to_lps(nib.Nifti1Image(*read_nifti(image_path)[:2]))
@@ -90,6 +113,7 @@ def prepare_case(image_path: Path, label_path: Path, protocol: str, dataset: str
     image, label = np.asarray(image_img.dataobj), np.asarray(label_img.dataobj).astype(np.int64)
     if image.shape != label.shape:
         raise DatasetError(f"{label_path}: shape {label.shape} differs from image {image_path} {image.shape}")
+    check_label_values(label, label_path, None if label_map is not None else num_classes)
     if label_map is not None:
         lut = np.zeros(int(label.max()) + 1, np.int64)
         for source, target in label_map.items():
@@ -141,13 +165,15 @@ def prepare_release(dataset: str, src: Path, dst: Path, definition: Path, protoc
     if missing:
         raise DatasetError(f"{src}: {len(missing)} case(s) of the {dataset} splits not found ({layout}), "
                            f"e.g. {missing[:5]}")
+    num_classes = len(json.loads((definition / "dataset.json").read_text())["labels"])
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
     for case_id, (image_path, label_path) in found.items():
         out_image, out_label = dst / "imagesTr" / f"{case_id}_0000.nii.gz", dst / "labelsTr" / f"{case_id}.nii.gz"
         if out_image.is_file() and out_label.is_file():
             continue
-        image, label, spacing = prepare_case(image_path, label_path, protocol, dataset)
+        image, label, spacing = prepare_case(image_path, label_path, protocol, dataset,
+                                             num_classes=num_classes)
         _atomic_save(label, spacing, out_label)
         _atomic_save(image, spacing, out_image)
     shutil.copytree(definition / "splits", dst / "splits", dirs_exist_ok=True)

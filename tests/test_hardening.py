@@ -1,0 +1,95 @@
+"""Adversarial inputs (issue 30): a pid file that names something else, label values outside the class
+map. Each case: the message, the exit code, nothing signalled or recorded that should not be."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmarks.data import load_dataset, read_case
+from benchmarks.data.prepare import prepare_case
+from benchmarks.errors import DatasetError
+from mlflow_server.server import ServerConfig, stop
+
+
+@pytest.fixture
+def decoy():
+    """A foreign process leading its own process group (as a server started here would)."""
+    process = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("record", [
+    "foreign", "foreign_with_its_start_time", "stale", 0, 1, -1, "own_group", "not a number", "{not json",
+    "true"])
+def test_stop_signals_nothing_it_did_not_start(tmp_path: Path, decoy: subprocess.Popen, record: object,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow_server stop`` with a stale, foreign, 0, 1, negative or non-numeric pid file: the pid file
+    goes, no process group is signalled (the decoy lives; os.killpg is never called)."""
+    config = ServerConfig(port=5999, root=tmp_path)
+    started = Path(f"/proc/{decoy.pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    contents = {"foreign": {"pid": decoy.pid},
+                "foreign_with_its_start_time": {"pid": decoy.pid, "started": started},  # not an mlflow server
+                "stale": {"pid": _dead_pid(), "started": "1"},
+                "own_group": {"pid": os.getpgrp(), "started": None}}.get(record, {"pid": record})
+    text = record if record in ("{not json",) else json.dumps(contents)
+    config.pid_file.write_text(text if isinstance(text, str) else json.dumps(text))
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: signalled.append((pid, sig)))
+    assert stop(config) is False
+    assert signalled == [] and _alive(decoy.pid) and not config.pid_file.exists()
+
+
+def _label_file(path: Path, values: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(values.astype(np.int16), np.diag([-1.0, -1.0, 1.0, 1.0])), str(path))
+    return path
+
+
+@pytest.mark.parametrize("value", [256, 16, -1])
+def test_run_refuses_a_label_outside_the_class_map(cohort_copy: Path, value: int) -> None:
+    """``run`` reads cases with :func:`read_case`: a label of 256 (which uint8 would make background),
+    one past the last class, or a negative one, is refused with the file and the value."""
+    info = load_dataset(cohort_copy)
+    path = info.label_path("syn_0003")
+    label = np.asarray(nib.load(str(path)).dataobj).astype(np.int16)
+    label[0, 0, 0] = value
+    nib.save(nib.Nifti1Image(label, nib.load(str(path)).affine), str(path))
+    with pytest.raises(DatasetError, match=rf"{path.name}: label values \[{value}\] outside the class map 0\.\.15"):
+        read_case(info, "syn_0003")
+
+
+@pytest.mark.parametrize("value", [256, -1])
+def test_prepare_refuses_a_label_outside_the_class_map(tmp_path: Path, value: int) -> None:
+    """``data prepare``: the same before the label is resampled and cast to uint8."""
+    image = np.zeros((8, 8, 8))
+    label = np.zeros((8, 8, 8))
+    label[2:4, 2:4, 2:4], label[5, 5, 5] = 6, value
+    image_path = _label_file(tmp_path / "img.nii.gz", image)
+    label_path = _label_file(tmp_path / "lab.nii.gz", label)
+    with pytest.raises(DatasetError, match=rf"lab\.nii\.gz: label values \[{value}\] outside the class map 0\.\.15"):
+        prepare_case(image_path, label_path, "ga", "amos", num_classes=16)
+    with pytest.raises(DatasetError, match=r"lab\.nii\.gz: negative label values \[-1\]") if value < 0 else \
+            contextlib.nullcontext():
+        prepare_case(image_path, label_path, "ga", "amos", label_map={6: 6}, num_classes=16)
