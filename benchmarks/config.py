@@ -43,6 +43,8 @@ class Profile:
     augmentation: str = "none"  # none | flip_xy | reference; a study may override
     lr_scale: float = 1.0  # multiplies every method's base learning rate (its ``lr``, after the study's
     # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
+    warmup_fraction: float = 0.0  # share of the budget over which every method's rate ramps up linearly
+    # before its poly decay (benchmarks.training.train); 0: the references' schedule. In the run key.
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
     gpus_per_cell: float = 0.0
 
@@ -126,6 +128,8 @@ def load_profile(name: str) -> Profile:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
     if not profile.lr_scale > 0:
         raise ConfigError(f"{PROFILES_FILE}:{name}: lr_scale {profile.lr_scale!r} must be positive")
+    if not 0 <= profile.warmup_fraction < 1:
+        raise ConfigError(f"{PROFILES_FILE}:{name}: warmup_fraction {profile.warmup_fraction!r} must be in [0, 1)")
     from benchmarks.selection import RULES
     from benchmarks.training import AUGMENTATIONS, PRECISIONS, resolve_precision
     for key, known in (("precision", (*PRECISIONS, "auto")), ("model_selection", (*RULES, "reference")),

@@ -285,7 +285,8 @@ class StudyRunner:
                 "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
                 "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
                 "model_selection": cell.selection.name, "augmentation": cell.augmentation,
-                "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}", "eval_grid": "dataset_grid",
+                "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}",
+                "warmup_fraction": f"{cell.profile.warmup_fraction:g}", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
                 "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state(),
                 **compute_environment(cell.profile.device)}
@@ -401,7 +402,7 @@ class StudyRunner:
                 train(method, sampler, cell.iterations, profile.log_every, on_log=on_log, progress=self.progress,
                       description=cell.name, start_step=start_step, checkpoint_every=profile.checkpoint_every,
                       on_checkpoint=on_checkpoint, should_stop=signals.should_stop, precision=profile.precision,
-                      after_step=after_step)
+                      after_step=after_step, warmup_fraction=profile.warmup_fraction)
         except StopRequested as stop:
             raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
         if profile.checkpoint_every and start_step < cell.iterations:

@@ -164,3 +164,32 @@ def test_synapse_cohort_label_set() -> None:
     assert (label == SYNAPSE_CLASSES.index("portal_splenic_veins")).any()
     splits = synthetic_split_ids(SyntheticSynapse.split_sizes, SyntheticSynapse.labeled_counts)
     assert [len(splits[n]) for n in ("train", "eval", "test", "labeled_10p", "labeled_20p")] == [20, 4, 6, 2, 4]
+
+
+def test_generator_v2_subjects_vary_as_a_real_cohort() -> None:
+    """Version 2: CT phases and MRI-like subjects, upper-abdomen fields of view without the pelvic
+    organs, habitus, lesions; the liver's intensity then spreads by far more than version 1's 8 HU."""
+    gen = SyntheticAbdomen()
+    subjects = [gen.subject(seed) for seed in range(60)]
+    modalities = [s.modality for s in subjects]
+    assert 4 <= modalities.count("mri") <= 16 and {s.phase for s in subjects} >= {"native", "arterial",
+                                                                                 "portal_venous", "delayed"}
+    assert any(s.fov_z[0] > 0.25 for s in subjects) and any(s.fov_z[0] < 0.08 for s in subjects)
+    assert any(s.lesions for s in subjects) and min(s.body_scale[0] for s in subjects) < 0.9
+    liver_means, bladders = [], []
+    for seed in range(12):
+        image, label, spacing = gen.generate((32, 32, 32), seed)
+        liver_means.append(float(image[label == AMOS_CLASSES.index("liver")].mean()))
+        bladders.append(int((label == AMOS_CLASSES.index("bladder")).sum()))
+        assert spacing[2] == pytest.approx(320.0 * (gen.subject(seed).fov_z[1] - gen.subject(seed).fov_z[0]) / 32)
+    assert np.std(liver_means) > 25.0
+    upper = [i for i in range(12) if gen.subject(i).fov_z[0] > 0.25]
+    assert upper and all(bladders[i] == 0 for i in upper)
+
+
+def test_cohort_records_each_subject(tiny_cohort: Path) -> None:
+    """``subjects.csv`` beside dataset.json: what every synthetic case drew; dataset.json counts modalities."""
+    rows = (tiny_cohort / "subjects.csv").read_text().splitlines()
+    meta = json.loads((tiny_cohort / "dataset.json").read_text())
+    assert rows[0].startswith("case,modality,phase,fov_z_low") and len(rows) == 1 + meta["numTraining"]
+    assert sum(meta["modalities"].values()) == meta["numTraining"] and meta["generator_version"] == "2"

@@ -91,3 +91,16 @@ def test_no_augmentation_draws_nothing_extra() -> None:
     for _ in range(3):
         x, y = a.next(), b.next()
         assert torch.equal(x.image_l, y.image_l) and torch.equal(x.image_u, y.image_u)
+
+
+def test_warmup_ramps_the_rate_then_decays_to_zero_at_the_budget() -> None:
+    """``warmup_fraction`` 0.25 of 8 iterations: rates base/2, base at steps 0, 1, then the poly decay."""
+    cls = get_method("supervised")
+    method = cls(cls.Config(base_filters=2, lr=0.1, dropout=False), 3, max_iterations=8)
+    sampler = TwoStreamSampler(cases(2, (16, 16, 16)), [], 2, 2, (16, 16, 16), seed=0, policy="labeled_only")
+    rates: list[float] = []
+    train(method, sampler, 8, log_every=1, progress=False, warmup_fraction=0.25,
+          on_log=lambda step, logs: rates.append(logs["lr"]))
+    assert rates[:2] == pytest.approx([0.05, 0.1 * (1 - 1 / 8) ** 0.9])
+    assert rates[2:] == pytest.approx([0.1 * (1 - s / 8) ** 0.9 for s in range(2, 8)])
+    assert method.optimizers[0].param_groups[0]["lr"] == pytest.approx(rates[-1])

@@ -100,57 +100,166 @@ def _smooth_noise(rng: np.random.Generator, n: int, shape: tuple[int, int, int],
     return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0].numpy()
 
 
+# Organ HU per CT contrast phase (version 2; approximate literature means, AMOS-like mix of phases).
+# Order: the AMOS ids 1..15. Native: no contrast; arterial: aorta and renal cortex bright; portal venous:
+# liver, spleen and portal system enhanced (the version-1 cohort's values); delayed: contrast in the bladder.
+PHASE_HU = {
+    "native":        (45, 35, 35, 10, 40, 55, 30, 40, 40, 40, 30, 30, 35, 5, 40),
+    "arterial":      (125, 170, 170, 10, 50, 70, 40, 280, 90, 110, 70, 70, 50, 5, 60),
+    "portal_venous": (110, 160, 160, 10, 40, 100, 30, 170, 140, 85, 55, 55, 35, 5, 45),
+    "delayed":       (80, 120, 120, 10, 40, 80, 30, 110, 105, 70, 50, 50, 35, 200, 45),
+}
+PHASE_SHARE = {"native": 0.2, "arterial": 0.2, "portal_venous": 0.45, "delayed": 0.15}
+# MRI-like subjects (AMOS has 100 MRI of 600 scans): a T1-weighted-like contrast written on the same
+# stored scale (the dataset's window maps it to [0, 1] as for CT): fat bright, fluid dark, vessels dark
+# (flow void); background tissues and organs per AMOS id 1..15.
+MRI_TISSUE = {"air": -120.0, "subcutaneous_fat": 240.0, "muscle": 30.0, "mesenteric_fat": 220.0,
+              "bone": 40.0, "marrow": 180.0, "gas": -120.0}
+MRI_ORGAN = (70, 95, 95, -60, 60, 140, 50, -80, -80, 150, 90, 90, 60, -90, 70)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What varies between subjects of the version-2 cohort (drawn first from the subject's seed).
+
+    ``modality``: ``ct`` or ``mri``; ``phase``: the CT contrast phase (``none`` for MRI); ``fov_z``: the
+    body heights (0 pelvis .. 1 diaphragm) at the first and last slice (upper-abdomen scans start high,
+    without the pelvic organs); ``body_scale``: left-right and antero-posterior habitus, which scales the
+    anatomy with it; ``fat``: subcutaneous fat thickness (normalised); ``lesions``: hypodense liver
+    lesions (labelled liver, as AMOS labels an organ with its lesions); ``cysts``: renal cysts;
+    ``noise_hu``: noise standard deviation; ``bias_hu``: amplitude of the smooth bias field.
+    """
+
+    modality: str
+    phase: str
+    fov_z: tuple[float, float]
+    body_scale: tuple[float, float]
+    fat: float
+    lesions: int
+    cysts: int
+    noise_hu: float
+    bias_hu: float
+
+    def record(self) -> dict[str, object]:
+        return {"modality": self.modality, "phase": self.phase, "fov_z_low": round(self.fov_z[0], 3),
+                "fov_z_high": round(self.fov_z[1], 3), "body_scale_x": round(self.body_scale[0], 3),
+                "body_scale_y": round(self.body_scale[1], 3), "fat": round(self.fat, 3), "lesions": self.lesions,
+                "cysts": self.cysts, "noise_hu": round(self.noise_hu, 1), "bias_hu": round(self.bias_hu, 1)}
+
+
 class SyntheticAbdomen:
-    """The first synthetic abdomen generator (AMOS labels). See the module docstring."""
+    """The synthetic abdomen generator (AMOS labels). See the module docstring.
+
+    Version 2 draws a :class:`Subject` per case: CT contrast phase or an MRI-like contrast, field of
+    view cut at different heights, body habitus, wider organ position and size spread, liver lesions
+    and renal cysts, noise and bias-field levels. Version 1 (organ HU varying by about 8 HU, sizes by
+    +-12 %, positions by 1.5 % of the body) let 10 labeled cases cover the cohort: the labeled-only
+    lower bound came within 2 points of the fully supervised bound.
+    """
 
     name = "synthetic-amos"
-    version = "1"  # bump when generate() changes what it draws; a new version generates a new cohort folder
+    version = "2"  # bump when generate() changes what it draws; a new version generates a new cohort folder
     class_names = AMOS_CLASSES
     large_organs = AMOS_LARGE
     split_sizes = AMOS_SPLIT_SIZES
     labeled_counts = AMOS_LABELED
     field_of_view_mm = (350.0, 300.0, 320.0)
     paint_portal_veins = False
+    mri_share = 0.15
+    upper_abdomen_share = 0.25
+    position_jitter = 0.03
+    size_range = (0.8, 1.2)
+
+    def subject(self, seed: int) -> Subject:
+        """The subject drawn for ``seed`` (the first draws of :meth:`generate`)."""
+        return self._draw_subject(np.random.default_rng(seed))
+
+    def _draw_subject(self, rng: np.random.Generator) -> Subject:
+        mri = rng.random() < self.mri_share
+        phases = list(PHASE_SHARE)
+        phase = "none" if mri else phases[int(rng.choice(len(phases), p=list(PHASE_SHARE.values())))]
+        upper = rng.random() < self.upper_abdomen_share
+        low = rng.uniform(0.25, 0.40) if upper else rng.uniform(-0.05, 0.08)
+        high = rng.uniform(0.93, 1.05)
+        scale = rng.uniform(0.82, 1.12, size=2)
+        return Subject("mri" if mri else "ct", phase, (float(low), float(high)), (float(scale[0]), float(scale[1])),
+                       float(rng.uniform(0.02, 0.09)), int(rng.choice(4, p=[0.6, 0.2, 0.12, 0.08])),
+                       int(rng.random() < 0.2), float(rng.uniform(8.0, 30.0)), float(rng.uniform(10.0, 45.0)))
 
     def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         rng = np.random.default_rng(seed)
+        subject = self._draw_subject(rng)
         axes = [np.linspace(0.0, 1.0, s, dtype=np.float32) for s in shape]
         x, y, z = np.meshgrid(*axes, indexing="ij")
-        body_scale = rng.uniform(0.92, 1.05, size=2)
+        sx, sy = subject.body_scale
+        bx, by = 0.5 + (x - 0.5) / sx, 0.52 + (y - 0.52) / sy  # body coordinates: the anatomy scales with habitus
+        bz = subject.fov_z[0] + z * (subject.fov_z[1] - subject.fov_z[0])
         noise = _smooth_noise(rng, len(ORGANS) + 2, shape)
         label = np.zeros(shape, np.uint8)
+        tissue: dict[str, np.ndarray] = {}
+        outer = 0.42 + subject.fat
+        body = ((bx - 0.5) / outer) ** 2 + ((by - 0.52) / (outer - 0.06)) ** 2 + 0.05 * noise[-1] < 1
+        inner = ((bx - 0.5) / 0.42) ** 2 + ((by - 0.52) / 0.36) ** 2 + 0.05 * noise[-1] < 1
+        muscle = inner & ~(((bx - 0.5) / 0.38) ** 2 + ((by - 0.45) / 0.30) ** 2 < 1)
+        spine = ((bx - 0.5) / 0.065) ** 2 + ((by - 0.80) / 0.06) ** 2 < 1
+        cortex = spine & ~(((bx - 0.5) / 0.05) ** 2 + ((by - 0.80) / 0.045) ** 2 < 1)
+        tissue.update(subcutaneous_fat=body & ~inner, muscle=muscle, mesenteric_fat=inner & ~muscle,
+                      marrow=spine & ~cortex, bone=cortex)
+        organ_hu = PHASE_HU.get(subject.phase, PHASE_HU["portal_venous"])
         hu = np.full(shape, -1000.0, np.float32)
-        body = ((x - 0.5) / (0.46 * body_scale[0])) ** 2 + ((y - 0.52) / (0.40 * body_scale[1])) ** 2 + 0.05 * noise[-1] < 1
-        inner = ((x - 0.5) / (0.42 * body_scale[0])) ** 2 + ((y - 0.52) / (0.36 * body_scale[1])) ** 2 + 0.05 * noise[-1] < 1
-        hu[body] = -100.0  # subcutaneous fat
-        muscle = inner & ~(((x - 0.5) / 0.38) ** 2 + ((y - 0.45) / 0.30) ** 2 < 1)
-        hu[muscle] = 50.0
-        hu[inner & ~muscle] = -80.0 + 20.0 * noise[-2][inner & ~muscle]  # mesenteric fat
-        spine = ((x - 0.5) / 0.065) ** 2 + ((y - 0.80) / 0.06) ** 2 < 1
-        hu[spine] = 400.0
-        hu[spine & ~(((x - 0.5) / 0.05) ** 2 + ((y - 0.80) / 0.045) ** 2 < 1)] = 700.0
+        mri = subject.modality == "mri"
+        ct_tissue = {"subcutaneous_fat": -100.0, "muscle": 50.0, "mesenteric_fat": -80.0, "marrow": 400.0, "bone": 700.0}
+        for name, mask in tissue.items():
+            hu[mask] = MRI_TISSUE[name] if mri else ct_tissue[name]
+        if mri:
+            hu[~body] = MRI_TISSUE["air"]
+        hu[tissue["mesenteric_fat"]] += 20.0 * noise[-2][tissue["mesenteric_fat"]]
         for i, organ in enumerate(ORGANS):
-            jitter = rng.normal(0.0, 0.015, size=3)
-            size = rng.uniform(0.88, 1.12) * np.array(organ.radii)
+            jitter = rng.normal(0.0, self.position_jitter, size=3)
+            size = rng.uniform(*self.size_range) * rng.uniform(0.92, 1.08, size=3) * np.array(organ.radii)
             cx, cy, cz = np.array(organ.centre) + jitter
-            mask = self._shape(organ, x, y, z, (cx, cy, cz), size, 0.18 * noise[i]) & inner & ~spine & (label == 0)
+            mask = self._shape(organ, bx, by, bz, (cx, cy, cz), size, 0.18 * noise[i]) & inner & ~spine & (label == 0)
             label[mask] = organ.label
-            hu[mask] = organ.hu + rng.normal(0.0, 8.0)
+            base = MRI_ORGAN[organ.label - 1] if mri else organ_hu[organ.label - 1]
+            hu[mask] = base + rng.normal(0.0, 12.0)
             if organ.label in (7, 13):  # gas in the stomach and duodenum, anterior part
-                gas = mask & (noise[i] > 0.9) & (y < cy)
-                hu[gas] = -700.0
+                gas = mask & (noise[i] > 0.9) & (by < cy)
+                hu[gas] = MRI_TISSUE["gas"] if mri else -700.0
+        self._paint_lesions(rng, subject, label, hu, (bx, by, bz), mri)
         if self.paint_portal_veins:  # splenic vein behind the pancreas, joining the portal vein to the liver
             free = inner & ~spine & (label == 0)
             cz = 0.66 + rng.normal(0.0, 0.01)
-            splenic = (((y - 0.60) / 0.016) ** 2 + ((z - cz) / 0.016) ** 2 < 1) & (x > 0.40) & (x < 0.72)
-            portal = (((x - 0.40) / 0.018) ** 2 + ((y - 0.58) / 0.018) ** 2 < 1) & (z > cz) & (z < cz + 0.10)
+            splenic = (((by - 0.60) / 0.016) ** 2 + ((bz - cz) / 0.016) ** 2 < 1) & (bx > 0.40) & (bx < 0.72)
+            portal = (((bx - 0.40) / 0.018) ** 2 + ((by - 0.58) / 0.018) ** 2 < 1) & (bz > cz) & (bz < cz + 0.10)
             veins = (splenic | portal) & free
             label[veins] = PORTAL_SPLENIC_VEINS
-            hu[veins] = 150.0
+            hu[veins] = -70.0 if mri else 150.0
         hu = ndimage.gaussian_filter(hu, 0.6)
-        hu += 25.0 * noise[-1] + rng.normal(0.0, 15.0, size=shape).astype(np.float32)
-        spacing = tuple(float(f / s) for f, s in zip(self.field_of_view_mm, shape))
+        hu += subject.bias_hu * noise[-1] + rng.normal(0.0, subject.noise_hu, size=shape).astype(np.float32)
+        fov = (self.field_of_view_mm[0], self.field_of_view_mm[1],
+               self.field_of_view_mm[2] * (subject.fov_z[1] - subject.fov_z[0]))
+        spacing = tuple(float(f / s) for f, s in zip(fov, shape))
         return np.clip(hu, -1024, 3000).astype(np.int16), self.relabel(label), spacing
+
+    @staticmethod
+    def _paint_lesions(rng: np.random.Generator, subject: Subject, label: np.ndarray, hu: np.ndarray,
+                       coords: tuple[np.ndarray, ...], mri: bool) -> None:
+        """Hypodense liver lesions and water-density renal cysts, inside their organ (its label kept)."""
+        bx, by, bz = coords
+        for organ_ids, count, offset in (((6,), subject.lesions, -45.0), ((2, 3), subject.cysts, None)):
+            for _ in range(count):
+                organ = organ_ids[int(rng.integers(len(organ_ids)))]
+                where = np.argwhere(label == organ)
+                radius = rng.uniform(0.015, 0.04)
+                if not len(where):
+                    continue
+                centre = where[int(rng.integers(len(where)))]
+                c = [axis[tuple(centre)] for axis in coords]
+                sphere = ((bx - c[0]) ** 2 + (by - c[1]) ** 2 + (bz - c[2]) ** 2 < radius ** 2) & (label == organ)
+                if offset is None:  # a cyst: water
+                    hu[sphere] = -70.0 if mri else 5.0
+                else:
+                    hu[sphere] += -0.5 * abs(offset) if mri else offset
 
     def relabel(self, label: np.ndarray) -> np.ndarray:
         """Internal (AMOS) ids -> this label set's ids."""
@@ -187,7 +296,8 @@ class SyntheticSynapse(SyntheticAbdomen):
     the Synapse split sizes (20 / 4 / 6)."""
 
     name = "synthetic-synapse"
-    version = "1"
+    version = "2"
+    mri_share = 0.0  # BTCV: portal-venous CT only
     class_names = SYNAPSE_CLASSES
     large_organs = SYNAPSE_LARGE
     split_sizes = SYNAPSE_SPLIT_SIZES
@@ -235,8 +345,11 @@ def write_cohort(generator: CohortGenerator, root: str | Path, shape: tuple[int,
             (tmp / sub).mkdir()
         splits = synthetic_split_ids(generator.split_sizes, generator.labeled_counts)
         all_ids = splits["train"] + splits["eval"] + splits["test"]
+        subjects: list[dict[str, object]] = []
         for index, case_id in enumerate(all_ids):
             image, label, spacing = generator.generate(shape, seed * 100_000 + index)
+            if hasattr(generator, "subject"):
+                subjects.append({"case": case_id, **generator.subject(seed * 100_000 + index).record()})
             _write_nifti(image, spacing, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
             _write_nifti(label, spacing, tmp / "labelsTr" / f"{case_id}.nii.gz")
         sums = []
@@ -252,6 +365,11 @@ def write_cohort(generator: CohortGenerator, root: str | Path, shape: tuple[int,
                 "channel_names": {"0": "CT"}, "labels": {n: i for i, n in enumerate(generator.class_names)},
                 "large_organs": list(generator.large_organs), "intensity_window": [-125.0, 275.0],
                 "numTraining": len(all_ids), "file_ending": ".nii.gz"}
+        if subjects:  # what each synthetic subject drew (modality, phase, field of view, ...)
+            columns = list(subjects[0])
+            rows = [",".join(str(row[c]) for c in columns) for row in subjects]
+            (tmp / "subjects.csv").write_text(",".join(columns) + "\n" + "\n".join(rows) + "\n")
+            meta["modalities"] = {m: sum(r["modality"] == m for r in subjects) for m in ("ct", "mri")}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, root)
     except BaseException:

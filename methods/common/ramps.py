@@ -23,3 +23,19 @@ def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> fl
     (0.01, 0.005359)
     """
     return base_lr * max(0.0, 1.0 - step / max_steps) ** power
+
+
+def warmup_poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+    """:func:`poly_lr` after a linear warm-up: ``base_lr (step + 1) / warmup_steps`` for the first
+    ``warmup_steps`` steps, then the poly decay over the whole ``max_steps`` (so it still reaches 0 at
+    the budget). ``warmup_steps = 0`` is :func:`poly_lr` exactly.
+
+    >>> warmup_poly_lr(0.1, 0, 100, warmup_steps=10), warmup_poly_lr(0.1, 50, 100) == poly_lr(0.1, 50, 100)
+    (0.01, True)
+    >>> round(warmup_poly_lr(0.1, 9, 100, warmup_steps=10), 4), round(warmup_poly_lr(0.1, 10, 100, warmup_steps=10), 4)
+    (0.0919, 0.091)
+    """
+    decayed = poly_lr(base_lr, step, max_steps, power)
+    if step < warmup_steps:
+        return min(decayed, base_lr * (step + 1) / warmup_steps)
+    return decayed
