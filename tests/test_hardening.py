@@ -2,6 +2,7 @@
 map. Each case: the message, the exit code, nothing signalled or recorded that should not be."""
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 
 from benchmarks.data import load_dataset, read_case
 from benchmarks.data.prepare import prepare_case
-from benchmarks.errors import DatasetError
+from benchmarks.errors import ConfigError, DatasetError
 from mlflow_server.server import ServerConfig, stop
 
 
@@ -93,3 +94,33 @@ def test_prepare_refuses_a_label_outside_the_class_map(tmp_path: Path, value: in
     with pytest.raises(DatasetError, match=r"lab\.nii\.gz: negative label values \[-1\]") if value < 0 else \
             contextlib.nullcontext():
         prepare_case(image_path, label_path, "ga", "amos", label_map={6: 6}, num_classes=16)
+
+
+@pytest.mark.parametrize("title", ['My "fast" method', "back\\slash \"\"\" end", "'; import os; os.system('x') #"])
+def test_new_method_writes_the_title_as_text(tmp_path: Path, title: str) -> None:
+    """Quotes, backslashes or code in ``--title`` end up as the title string, and the module parses."""
+    from benchmarks.new_method import create_method
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "tests").mkdir()
+    module, test = create_method("my_fast", title, root=tmp_path)
+    tree = ast.parse(module.read_text())
+    ast.parse(test.read_text())
+    titles = [node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              and any(getattr(t, "id", "") == "title" for t in node.targets)]
+    assert titles == [title]
+
+
+@pytest.mark.parametrize(("name", "title", "message"), [
+    ("common", None, "already exists"), ("registry", None, "already exists"), ("ga", None, "already exists"),
+    ("My-Method", None, "not a valid method name"), ("class", None, "not a valid method name"),
+    ("ok_name", "two\nlines", "printable"), ("ok_name", "x" * 81, "at most 80")])
+def test_new_method_refuses_names_and_titles(tmp_path: Path, name: str, title: str | None, message: str) -> None:
+    """A name of an existing module or package (``methods/common/``), a method, a non-identifier or a
+    keyword, or a multi-line or overlong title: refused, nothing written."""
+    from benchmarks.new_method import create_method
+    (tmp_path / "methods" / "common").mkdir(parents=True)
+    (tmp_path / "tests").mkdir()
+    with pytest.raises(ConfigError, match=message):
+        create_method(name, title, root=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "methods").iterdir()) == ["common"]
+    assert list((tmp_path / "tests").iterdir()) == []
