@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 
 from methods.common.errors import ConfigError
+from methods.common.strict_yaml import load_yaml
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 
@@ -196,9 +196,10 @@ def load_knowledge(dataset_or_path: str | Path) -> KnowledgeBase:
     if not path.is_file():
         raise ConfigError(f"{path}: knowledge file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({type(exc).__name__})") from None
+    data = load_yaml(text, str(path))
     kb = parse_knowledge(data, str(path), path)
     if not kb.dataset:
         kb.dataset = path.stem

@@ -124,3 +124,35 @@ def test_new_method_refuses_names_and_titles(tmp_path: Path, name: str, title: s
         create_method(name, title, root=tmp_path)
     assert sorted(p.name for p in (tmp_path / "methods").iterdir()) == ["common"]
     assert list((tmp_path / "tests").iterdir()) == []
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(20))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("study: a\nstudy: b\n", "line 2: key 'study' appears twice"),
+    (BOMB, "aliases"),
+    ("study: [unclosed\n", "invalid YAML"),
+    ("x: " + "y" * (1 << 20) + "\n", "KiB"),
+])
+def test_study_yaml_refuses_duplicates_bombs_and_garbage(tmp_path: Path, text: str, message: str) -> None:
+    """A study file with a duplicated key (plain YAML keeps the last silently), an anchor bomb, broken
+    syntax or megabytes: one short error naming the file, no run."""
+    from benchmarks.cli import main
+    path = tmp_path / "evil.yaml"
+    path.write_text(text)
+    from benchmarks.config import load_study
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_study(str(path))
+    assert str(path) in str(caught.value) and len(str(caught.value)) < 600
+    assert main(["run", str(path), "--profile", "smoke"]) == 2
+
+
+def test_knowledge_yaml_refuses_duplicate_keys(tmp_path: Path) -> None:
+    from tak.knowledge import load_knowledge
+    path = tmp_path / "kb.yaml"
+    path.write_text("dataset: amos\ndataset: synapse\n")
+    with pytest.raises(ConfigError, match="kb.yaml: line 2: key 'dataset' appears twice"):
+        load_knowledge(path)
