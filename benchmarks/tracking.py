@@ -1,12 +1,14 @@
 """MLflow helpers: store location, experiments, run keys, finished-run lookup, git state."""
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import sqlite3
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.config import PROJECT_ROOT, tracking_uri
 from benchmarks.errors import TrackingError
+from methods.common.urls import public_url
 
 os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per artifact read by the reports
@@ -33,7 +36,11 @@ def setup_tracking(uri: str | None = None) -> str:
     lock, so several processes may start on the same new store at once.
     """
     uri = uri or tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise TrackingError(f"MLflow tracking URI {public_url(uri)[:200]!r} (MLFLOW_TRACKING_URI): unknown scheme "
+                            f"{scheme or '(none)'!r}; use one of {', '.join(sorted(TRACKING_SCHEMES))}")
+    if scheme in ("http", "https"):
         _probe_server(uri)
     elif uri.startswith("sqlite:///"):
         _init_sqlite(Path(uri.removeprefix("sqlite:///")), uri)
@@ -41,18 +48,44 @@ def setup_tracking(uri: str | None = None) -> str:
     return uri
 
 
-def _probe_server(uri: str) -> None:
-    timeout = float(os.environ.get("ORGANBENCH_TRACKING_TIMEOUT_S", "5"))
+TRACKING_SCHEMES = frozenset({"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file"})
+
+
+def tracking_timeout_s() -> float:
+    """``$ORGANBENCH_TRACKING_TIMEOUT_S`` (default 5): a positive number of seconds, else a one-line error."""
+    raw = os.environ.get("ORGANBENCH_TRACKING_TIMEOUT_S", "5")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:  # it answered (with an error page): it is there
-        return
-    except (urllib.error.URLError, OSError) as exc:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 3600:
+        raise TrackingError(f"ORGANBENCH_TRACKING_TIMEOUT_S={raw[:40]!r}: expected seconds in (0, 3600)")
+    return value
+
+
+def _probe_server(uri: str) -> None:
+    """``GET /health`` must answer 200 ``OK`` (an MLflow server): no answer, a 5xx, or a page that is not
+    MLflow's (a proxy's HTML) is a one-line error, before any run exists."""
+    timeout = tracking_timeout_s()
+    shown = public_url(uri)
+    request = urllib.request.Request(f"{shown.rstrip('/')}/health")
+    user_info = uri.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    if user_info:  # urllib does not take credentials in the URL: send them as MLflow's basic auth does
+        request.add_header("Authorization", "Basic " + base64.b64encode(urllib.parse.unquote(user_info).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(64).strip()
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) answered /health with HTTP "
+                            f"{exc.code}; is it an MLflow server, and is it healthy?") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) did not answer within "
-                            f"{timeout:g} s ({reason}); start it (make mlflow) or unset MLFLOW_TRACKING_URI "
-                            f"to use the embedded store") from None
+        raise TrackingError(f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) did not answer within "
+                            f"{timeout:g} s ({public_url(str(reason))[:200] if '://' in str(reason) else reason}); "
+                            f"start it (make mlflow) or unset MLFLOW_TRACKING_URI to use the embedded store") from None
+    if body != b"OK":
+        raise TrackingError(f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) answered /health with "
+                            f"{body[:40]!r}, not MLflow's 'OK': not an MLflow server")
 
 
 def _init_sqlite(path: Path, uri: str) -> None:
@@ -64,7 +97,7 @@ def _init_sqlite(path: Path, uri: str) -> None:
             connection.rollback()
         connection.close()
     except (OSError, sqlite3.Error) as exc:
-        raise TrackingError(f"MLflow store {uri}: cannot write {path} ({exc}); point MLFLOW_TRACKING_URI at a "
+        raise TrackingError(f"MLflow store {public_url(uri)}: cannot write {path} ({exc}); point MLFLOW_TRACKING_URI at a "
                             f"writable location") from None
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first process creates the tables, the others wait

@@ -26,6 +26,7 @@ import urllib.request
 from typing import Any, Mapping, Sequence
 
 from methods.common.errors import ConfigError, OrganbenchError
+from methods.common.urls import public_url
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ChatClient:
             raise ConfigError("no LLM base URL: pass --base-url or set ORGANBENCH_LLM_BASE_URL "
                               "(or OPENAI_BASE_URL), e.g. http://localhost:8000/v1")
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM base URL {base_url!r} must start with http:// or https://")
+            raise ConfigError(f"LLM base URL {public_url(base_url)[:200]!r} must start with http:// or https://")
         if not model:
             raise ConfigError("no LLM model: pass --model or set ORGANBENCH_LLM_MODEL")
         self.base_url = base_url.rstrip("/")
@@ -75,9 +76,7 @@ class ChatClient:
     @property
     def public_base_url(self) -> str:
         """``base_url`` without user info or query string: safe to log and to write into files."""
-        parts = urllib.parse.urlsplit(self.base_url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return public_url(self.base_url)
 
     @property
     def public_url(self) -> str:

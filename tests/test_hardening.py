@@ -6,7 +6,9 @@ import ast
 import contextlib
 import json
 import os
+import http.server
 import subprocess
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -156,3 +158,53 @@ def test_knowledge_yaml_refuses_duplicate_keys(tmp_path: Path) -> None:
     path.write_text("dataset: amos\ndataset: synapse\n")
     with pytest.raises(ConfigError, match="kb.yaml: line 2: key 'dataset' appears twice"):
         load_knowledge(path)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """A local HTTP server that is not MLflow: /health answers ``self.server.status`` with ``self.server.body``."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.end_headers()
+        self.wfile.write(self.server.body)  # type: ignore[attr-defined]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def impostor():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+SECRET = "pa55word-XYZ"
+
+
+@pytest.mark.parametrize(("uri", "env", "message"), [
+    (f"http://alice:{SECRET}@127.0.0.1:9/?token={SECRET}", {}, "did not answer"),
+    (f"ftp://bob:{SECRET}@example.invalid/store", {}, "unknown scheme 'ftp'"),
+    ("http://127.0.0.1:9", {"ORGANBENCH_TRACKING_TIMEOUT_S": "soon"}, "ORGANBENCH_TRACKING_TIMEOUT_S='soon'"),
+    ("http://127.0.0.1:9", {"ORGANBENCH_TRACKING_TIMEOUT_S": "-1"}, "expected seconds"),
+    ("status:500", {}, "HTTP 500"),
+    ("status:200", {}, "not MLflow's 'OK'"),
+])
+def test_tracking_uri_faults_are_one_line_without_secrets(uri: str, env: dict[str, str], message: str, impostor,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A tracking URI that does not answer, has an unknown scheme, a bad timeout variable, or a server that
+    answers 500 or an HTML page: exit 2, one line, no password or token in it, no run anywhere."""
+    from benchmarks.cli import main
+    if uri.startswith("status:"):
+        impostor.status, impostor.body = int(uri.partition(":")[2]), b"<html>proxy</html>"
+        uri = f"http://carol:{SECRET}@127.0.0.1:{impostor.server_port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["run", "table2", "--profile", "smoke", "--methods", "supervised", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and SECRET not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
