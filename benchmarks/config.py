@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.errors import ConfigError
-from methods.common.config_types import check_value, field_types
+from methods.common.config_types import check_value, field_types, short_repr
 from methods.common.strict_yaml import load_yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -192,9 +192,10 @@ def check_seeds(seeds: list[int], where: str) -> list[int]:
     """``seeds`` if they are distinct non-negative integers (at least one), else a ConfigError naming ``where``."""
     if not seeds:
         raise ConfigError(f"{where}: no seed given")
-    negative = [s for s in seeds if s < 0]
-    if negative:
-        raise ConfigError(f"{where}: seeds must be non-negative integers, got {negative}")
+    outside = [s for s in seeds if not 0 <= s < 2**32]
+    if outside:
+        raise ConfigError(f"{where}: seeds must be integers in [0, 2^32) (numpy seeds modulo 2^32), got "
+                          f"{short_repr(outside)}")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ConfigError(f"{where}: seed(s) {repeated} listed more than once")

@@ -208,3 +208,33 @@ def test_tracking_uri_faults_are_one_line_without_secrets(uri: str, env: dict[st
     err = capsys.readouterr().err
     assert message in err and SECRET not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr: 0", "lr: 0.0 is out of range (0.0, 10.0]"), ("lr: -0.01", "out of range"), ("lr: .nan", "expected float"),
+    ("lr: .inf", "expected float"), ("lr: 1.0e+308", "out of range"), ("base_filters: 0", "out of range [1, 1024]"),
+    ("base_filters: -4", "out of range"), ("momentum: 1.5", "out of range"),
+    ("lr: '" + "9" * 500 + "'", "characters)"),
+])
+def test_values_checked_for_range_before_any_run(tmp_path: Path, mlflow_store: str, override: str, message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Type and range: a zero, negative, NaN, infinite or absurd rate, a zero or negative width: one short
+    line naming the file and key, exit 2, and no run in the store (nothing trained on nonsense)."""
+    from benchmarks.cli import main
+    from mlflow.tracking import MlflowClient
+    study = (Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "table2.yaml").read_text()
+    path = tmp_path / "bad.yaml"
+    path.write_text(study.replace("method_overrides: {}", "method_overrides: {supervised: {" + override + "}}"))
+    assert main(["run", str(path), "--profile", "smoke", "--methods", "supervised", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "method_overrides.supervised" in err and len(err) < 400
+    assert not MlflowClient(mlflow_store).search_runs([e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()])
+
+
+@pytest.mark.parametrize(("seeds", "message"), [("4294967296", "[0, 2^32)"), ("-1", "not a non-negative integer")])
+def test_seeds_outside_numpy_range_are_refused(mlflow_store: str, seeds: str, message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A seed of 2^32 used to train seed 0 again silently (numpy takes seeds modulo 2^32)."""
+    from benchmarks.cli import main
+    assert main(["run", "table2", "--profile", "smoke", "--methods", "supervised", "--seeds", seeds]) == 2
+    assert message in capsys.readouterr().err

@@ -18,6 +18,7 @@ methods.common.errors.ConfigError: study.yaml: method_overrides.dhc.lr: expected
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -57,11 +58,47 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
         return [check_value(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
     fits, converted = _fit(value, annotation)
     if not fits:
-        raise ConfigError(f"{where}: expected {describe(annotation)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{where}: expected {describe(annotation)}, got {short_repr(value)} ({type(value).__name__})")
     return converted
 
 
 _NO = (False, None)
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message never prints a value whole.
+
+    >>> short_repr("x" * 100, limit=12)
+    "'xxxxxxxxx... (102 characters)"
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 2]}... ({len(text)} characters)"
+
+
+# Ranges of the fields every method config shares (and of the same names in any method's config):
+# (lowest, highest, whether the lowest is allowed). A value outside is refused before any run exists.
+FIELD_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, 10.0, False), "base_filters": (1, 1024, True), "momentum": (0.0, 1.0, True),
+    "weight_decay": (0.0, 1.0, True), "poly_power": (0.0, 10.0, False), "ema_decay": (0.0, 1.0, True),
+}
+
+
+def check_ranges(values: dict[str, Any], source: str) -> None:
+    """A ConfigError naming ``source``, the field and its range when a known field is out of range.
+
+    >>> check_ranges({"lr": 0.01, "base_filters": 8}, "cfg")
+    >>> check_ranges({"lr": 0.0}, "cfg")
+    Traceback (most recent call last):
+    ...
+    methods.common.errors.ConfigError: cfg.lr: 0.0 is out of range (0.0, 10.0]
+    """
+    for name, (low, high, low_ok) in FIELD_RANGES.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        if not ((value >= low if low_ok else value > low) and value <= high):
+            bracket = "[" if low_ok else "("
+            raise ConfigError(f"{source}.{name}: {short_repr(value)} is out of range {bracket}{low}, {high}]")
 
 
 def _fit(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -82,8 +119,8 @@ def _fit(value: Any, annotation: Any) -> tuple[bool, Any]:
         return (True, value) if isinstance(value, bool) else _NO
     if annotation is int:
         return (True, value) if isinstance(value, int) and not isinstance(value, bool) else _NO
-    if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is float:  # finite: NaN and inf are never a setting (YAML reads .nan / .inf)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return (True, float(value)) if ok else _NO
     if annotation is str:
         return (True, value) if isinstance(value, str) else _NO
@@ -132,4 +169,6 @@ def check_fields(cls: type, values: dict[str, Any], source: str) -> dict[str, An
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(types_)}")
-    return {k: check_value(v, types_[k], f"{source}.{k}" if source else k) for k, v in values.items()}
+    checked = {k: check_value(v, types_[k], f"{source}.{k}" if source else k) for k, v in values.items()}
+    check_ranges(checked, source or "config")
+    return checked
