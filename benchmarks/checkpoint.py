@@ -74,6 +74,23 @@ class CheckpointStore:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_checkpoint_dir()
 
+    def check_writable(self) -> None:
+        """A one-line :class:`~benchmarks.errors.ConfigError` now, before any run exists, when checkpoints
+        cannot be written under ``root`` (a file in its place, no permission, a full disk): found only
+        after the first checkpoint interval otherwise."""
+        from benchmarks.errors import ConfigError
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.root)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"checkpoint folder {self.root} (--checkpoint-dir / ORGANBENCH_CHECKPOINT_DIR) is not "
+                              f"writable: {exc.strerror or type(exc).__name__}") from None
+
     def folder(self, run_key: str) -> Path:
         return self.root / hashlib.sha256(run_key.encode()).hexdigest()[:24]
 

@@ -30,12 +30,22 @@ from typing import Any
 from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
+from benchmarks.errors import ConfigError
+
 
 def _env_seconds(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
+    """``$name`` as seconds (default ``default``); a value that is not a positive finite number is a
+    one-line ConfigError naming the variable (it used to fall back to the default silently)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
         return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 86_400:
+        raise ConfigError(f"{name}={raw[:40]!r}: expected a number of seconds in [0, 86400)")
+    return value
 
 
 def heartbeat_s() -> float:

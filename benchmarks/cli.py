@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from benchmarks import tak_cli
 from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
+from methods.common.urls import redact_urls
 from methods.registry import UnknownMethodError
 from reports.errors import NoRunsError  # not reports.queries: gpu-check runs without MLflow
 
@@ -54,8 +56,10 @@ def cmd_new_method(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.runner import StudyRunner
+    from benchmarks.runner import StudyRunner, check_device
     study, profile = load_study(args.study), load_profile(args.profile)
+    if study.kind != "cost":
+        check_device(profile)
     if study.kind == "cost":
         from benchmarks.cost_study import run_cost_study
         run_cost_study(study, profile, _csv(args.methods))
@@ -106,13 +110,27 @@ def study_cells(study, profile, data_dir: str | None = None,
             for c in cells]
 
 
+def output_folder(path: Path) -> Path:
+    """``path`` as a folder to write into: created when absent; a file in its place, or no permission to
+    create or write it, is a one-line ConfigError before anything is rendered."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: is a file, not a folder for the report (pass --out FOLDER)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the report folder ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{path}: the report folder is not writable")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.tracking import setup_tracking
     from reports.tables import render_dice_tables
     study, profile = load_study(args.study), load_profile(args.profile)
     cells = study_cells(study, profile, args.data, _csv(args.methods))
     setup_tracking()
-    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study
+    out = output_folder(Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study)
     if study.kind == "cost":
         from reports.cost import render_cost_table
         paths = render_cost_table(study.study, args.profile, out, study.title, cells=cells)
@@ -140,7 +158,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
     from reports.figures import render_fig1, render_fig6
     cells = study_cells(load_study(args.study), load_profile(args.profile), args.data)
     setup_tracking()
-    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / args.name
+    out = output_folder(Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / args.name)
     render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
     print(f"wrote {render(args.study, args.profile, out, cells=cells)}")
     return 0
@@ -360,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OrganbenchError, UnknownMethodError, NoRunsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_urls(str(exc))}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(f"interrupted by {exc.name}{exc.detail}: the run and its launch are marked KILLED; run the same "
@@ -369,6 +387,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a vanished or unwritable file: the file and the reason
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("ORGANBENCH_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        print(f"error: {type(exc).__name__}: {redact_urls(message)[:300]} "
+              "(an unexpected error: set ORGANBENCH_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 STUDIES_DIR = PACKAGE_DIR / "studies"
 PROFILES_FILE = PACKAGE_DIR / "profiles.yaml"
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # study and experiment names (folder names)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,11 @@ def load_study(name_or_path: str) -> Study:
     study = _build(Study, _read_yaml(path), str(path), {"path": path})
     if not 0 < float(study.labeled_ratio) <= 1:
         raise ConfigError(f"{path}: labeled_ratio must be in (0, 1], got {study.labeled_ratio}")
+    for key in ("study", "experiment"):
+        value = getattr(study, key)
+        if (value or key == "study") and not SAFE_NAME.fullmatch(value):
+            raise ConfigError(f"{path}: {key} {short_repr(value)}: letters, digits, '_', '-' and '.' only, "
+                              "starting with a letter or digit (it names output folders and experiments)")
     if study.kind not in ("train", "cost"):
         raise ConfigError(f"{path}: kind must be 'train' or 'cost', got {study.kind!r}")
     for profile, budget in study.budget.items():

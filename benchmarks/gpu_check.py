@@ -25,7 +25,7 @@ from benchmarks.plan import resolve_method_config
 from benchmarks.training import autocast, compute_environment, prepare_precision
 from methods import Batch, get_method, list_methods
 
-TINY = {"patch": (32, 32, 32), "base_filters": 4, "cube_grid": (2, 2, 1), "location_hidden": 32}
+TINY = {"patch": (32, 32, 32), "base_filters": 4, "cube_grid": (2, 1, 1), "location_hidden": 32}
 
 
 def _sync(device: torch.device) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
@@ -119,6 +120,7 @@ class StudyRunner:
         self.study, self.profile, self.progress = study, profile, progress
         self.dataset, self.splits = self.plan.dataset, self.plan.splits
         self.checkpoints = CheckpointStore(checkpoint_dir)
+        preflight(profile, self.checkpoints)
         self.keep_checkpoints, self.wait, self.retry_diverged = keep_checkpoints, wait, retry_diverged
         self.tracking_uri = setup_tracking(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
@@ -429,6 +431,22 @@ class StudyRunner:
                 "cost/eval_time_s": eval_time}
         log.metrics({**summary, **cost})
         return summary, time.time() - start
+
+
+def check_device(profile: Profile) -> None:
+    """A one-line ConfigError when the profile trains on CUDA and this machine has none."""
+    if profile.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"profile {profile.name!r} trains on {profile.device}, and this machine has no CUDA device; "
+                          "use --profile cpu (or smoke) here")
+
+
+def preflight(profile: Profile, checkpoints: CheckpointStore) -> None:
+    """What a launch needs besides its study and data, checked before any run exists: the profile's
+    device, the claim timing variables, a writable checkpoint folder (each a one-line ConfigError)."""
+    from benchmarks.claims import heartbeat_s, settle_s, stale_after_s
+    check_device(profile)
+    heartbeat_s(), stale_after_s(), settle_s()
+    checkpoints.check_writable()
 
 
 def say(line: str) -> None:

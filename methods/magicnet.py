@@ -48,6 +48,14 @@ from methods.common.vnet import VNet
 from methods.registry import register
 
 
+MIN_BOTTLENECK_VOXELS = 4
+"""The fewest bottleneck voxels (``cube / 16`` per axis) a cube may have under InstanceNorm. Over two
+voxels ``a, b`` InstanceNorm returns ``+-(a - b) / |a - b|`` per channel: after the ReLU each channel
+says only which voxel is larger (a 1x1x2 bottleneck of 16x16x32 cubes, the 2 x 2 x 1 grid in a 32^3
+patch), the location loss stays at ln(cubes), and the gradient through the norm grows as
+``1 / |a - b|``. The reference's 32^3 cubes have 8 voxels."""
+
+
 @dataclass
 class MagicForward:
     """What one iteration's forward passes produced (the loss so far, and what TAK's extra terms need).
@@ -150,9 +158,12 @@ class MagicNet(StudentPredicts):
         if any(sz % g for sz, g in zip(shape, self.grid)) or any(c % 16 for c in cube):
             raise ConfigError(f"{self.name}: patch {list(shape)} with cube_grid {list(self.grid)} gives cubes "
                              f"{cube}; every cube dimension must be a multiple of 16")
-        if self.config.norm == "instance" and max(cube) < 32:
-            raise ConfigError(f"{self.name}: cubes {cube} (patch {list(shape)}, cube_grid {list(self.grid)}) reach "
-                             f"a 1x1x1 bottleneck that InstanceNorm cannot normalise; one cube dimension must be >= 32")
+        bottleneck = [c // 16 for c in cube]
+        if self.config.norm == "instance" and bottleneck[0] * bottleneck[1] * bottleneck[2] < MIN_BOTTLENECK_VOXELS:
+            raise ConfigError(f"{self.name}: cubes {cube} (patch {list(shape)}, cube_grid {list(self.grid)}) reach a "
+                             f"{'x'.join(map(str, bottleneck))} bottleneck; InstanceNorm over fewer than "
+                             f"{MIN_BOTTLENECK_VOXELS} voxels leaves only the sign of their difference, so the location "
+                             f"head cannot learn the cube positions: use cubes of at least 16x32x32 (reference: 32^3)")
         if tuple(shape) != tuple(self.patch):
             raise ConfigError(f"{self.name}: batch patch {list(shape)} differs from the patch {list(self.patch)} "
                              f"the location head was built for")

@@ -55,7 +55,7 @@ def _method_fingerprint(name: str) -> dict[str, Any]:
     cls = get_method(name)
     cube = "cube_grid" in {f.name for f in dataclasses.fields(cls.Config)}
     patch = CUBE_PATCH if cube else PATCH
-    overrides: dict[str, Any] = {"cube_grid": (2, 2, 1), "location_hidden": 64} if cube else {}
+    overrides: dict[str, Any] = {"cube_grid": (2, 1, 1), "location_hidden": 64} if cube else {}
     torch.manual_seed(0)
     method = cls(cls.Config(base_filters=4, **overrides), NUM_CLASSES, max_iterations=10, patch=patch,
                  class_names=CLASS_NAMES)

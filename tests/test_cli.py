@@ -128,21 +128,27 @@ def test_list_methods() -> None:
     assert listed == list_methods() and {"supervised", "fully", "mean_teacher", "uamt", "cps", "cld", "dhc"} <= set(listed)
 
 
-def test_crashed_run_is_failed_never_finished(tiny_cohort: Path, mlflow_store: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crashed_run_is_failed_never_finished(tiny_cohort: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug in a method: one line naming it and exit 2 (no traceback); the run is FAILED with the error
+    tagged; ``ORGANBENCH_DEBUG=1`` raises it for the developer."""
     from methods.supervised import Supervised
 
     def crash(self, batch, step):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug in the method")
 
     monkeypatch.setattr(Supervised, "train_step", crash)
-    with pytest.raises(RuntimeError, match="a bug in the method"):  # a bug is not swallowed
-        main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
-              "--no-progress"])
+    args = ["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "RuntimeError: a bug in the method" in err and "ORGANBENCH_DEBUG" in err and "Traceback" not in err
+    monkeypatch.setenv("ORGANBENCH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="a bug in the method"):
+        main(args)
     mlflow.set_tracking_uri(mlflow_store)
     runs = mlflow.search_runs(experiment_names=["table2"])
-    assert set(runs["status"]) == {"FAILED"}  # the cell and its launch
-    assert runs["tags.error"].dropna().tolist() == ["RuntimeError: a bug in the method"]
+    assert set(runs["status"]) == {"FAILED"}  # the cells and their launches
+    assert set(runs["tags.error"].dropna()) == {"RuntimeError: a bug in the method"}
     assert finished(mlflow_store).empty
 
 

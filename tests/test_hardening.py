@@ -238,3 +238,57 @@ def test_seeds_outside_numpy_range_are_refused(mlflow_store: str, seeds: str, me
     from benchmarks.cli import main
     assert main(["run", "table2", "--profile", "smoke", "--methods", "supervised", "--seeds", seeds]) == 2
     assert message in capsys.readouterr().err
+
+
+def _study_text(**changes: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "table2.yaml").read_text()
+    for old, new in changes.items():
+        text = text.replace(old, new)
+    return text
+
+
+FAULTS = {  # name: (extra args or None, environment, files to write {relative path: text}, expected message)
+    "study name leaving the output folder": (["run", "{tmp}/evil.yaml"], {},
+                                             {"evil.yaml": _study_text(**{"study: table2": "study: ../../x"})},
+                                             "study '../../x'"),
+    "report folder that is a file": (["report", "table2", "--profile", "smoke", "--out", "{tmp}/afile"], {},
+                                     {"afile": "not a folder"}, "is a file"),
+    "checkpoint folder that is a file": (["run", "table2", "--checkpoint-dir", "{tmp}/afile"], {},
+                                         {"afile": "x"}, "not writable"),
+    "paper profile without CUDA": (["run", "table2", "--profile", "paper", "--data", "{tmp}"], {}, {},
+                                   "no CUDA device"),
+    "heartbeat not a number": (["run", "table2"], {"ORGANBENCH_HEARTBEAT_S": "often"}, {},
+                               "ORGANBENCH_HEARTBEAT_S='often'"),
+    "stale timeout negative": (["run", "table2"], {"ORGANBENCH_STALE_AFTER_S": "-5"}, {}, "ORGANBENCH_STALE_AFTER_S"),
+    "unknown profile": (["run", "table2", "--profile", "gpu"], {}, {}, "unknown profile 'gpu'"),
+    "unknown study": (["report", "table99"], {}, {}, "unknown study 'table99'"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_cli_paths_with_faults_end_in_one_line_never_a_traceback(fault: str, tmp_path: Path, tiny_cohort: Path,
+                                                                  empty_store_file: Path) -> None:
+    """The CLI as a user runs it (a subprocess): each fault gives exit 2, one line naming the cause, no
+    traceback, no run in the store and nothing written outside the test's folder."""
+    import shutil
+    import sys
+    args, env_extra, files, message = FAULTS[fault]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    shutil.copyfile(empty_store_file, tmp_path / "mlflow.db")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "run" and "--profile" not in args:
+        args += ["--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised", "--no-progress"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "ORGANBENCH_CHECKPOINT_DIR": str(tmp_path / "ck"), **env_extra}
+    before = set(Path(__file__).resolve().parents[1].glob("reports/out/*"))
+    done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and message in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(store)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert set(Path(__file__).resolve().parents[1].glob("reports/out/*")) == before
+    assert not (tmp_path.parent / "x").exists()

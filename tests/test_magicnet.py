@@ -76,24 +76,61 @@ def test_class_logger_publishes_every_window_without_momentum() -> None:
 def _method(name: str, **overrides: object):
     cls = get_method(name)
     torch.manual_seed(0)
-    return cls(cls.Config(base_filters=4, cube_grid=(2, 2, 1), location_hidden=32, **overrides), 3,
+    return cls(cls.Config(base_filters=4, cube_grid=(2, 1, 1), location_hidden=32, **overrides), 3,
                max_iterations=10, patch=(32, 32, 32))
 
 
 def test_location_head_is_sized_from_patch_and_grid() -> None:
     method = _method("magicnet")
     first, last = method.student.location_head[0], method.student.location_head[-1]
-    assert first.in_features == 16 * 4 * 1 * 1 * 2 and last.out_features == 4  # 16x16x32 cubes -> 1x1x2
+    assert first.in_features == 16 * 4 * 1 * 2 * 2 and last.out_features == 2  # 16x32x32 cubes -> 1x2x2
     reference = get_method("ga")(get_method("ga").Config(), 16, 1, device="meta")  # 96^3, 3x3x3 of 32^3
     assert reference.student.location_head[0].in_features == 2048
     assert reference.student.location_head[-1].out_features == 27
 
 
-@pytest.mark.parametrize(("grid", "message"), [((3, 3, 3), "multiple of 16"), ((2, 2, 2), "InstanceNorm")])
+@pytest.mark.parametrize(("grid", "message"), [((3, 3, 3), "multiple of 16"), ((2, 2, 2), "InstanceNorm"),
+                                               ((2, 2, 1), "1x1x2 bottleneck")])
 def test_patch_that_cannot_hold_the_cubes_is_refused(grid: tuple[int, int, int], message: str) -> None:
     cls = get_method("magicnet")
     with pytest.raises(ConfigError, match=message):
         cls(cls.Config(base_filters=4, cube_grid=grid), 3, 10, patch=(32, 32, 32))
+
+
+def test_instance_norm_over_a_two_voxel_bottleneck_leaves_a_sign_and_a_large_gradient() -> None:
+    """The cause of the old cpu profile's failures (issue 29): its 2 x 2 x 1 grid in a 32^3 patch gave
+    16x16x32 cubes with a 1x1x2 bottleneck. There every channel of x5 is (v, 0) or (0, v) with v near 1:
+    which of two voxels is larger, so the location head saw no position (its loss sat at ln 4), and the
+    bottleneck stage's gradient was about 15-30x that of the reference's 32^3 cubes, which TAK's
+    text-driven head (it reads the re-assembled cube features x3..x5) carried into its supervised loss."""
+    from methods.common.magic_cube import as_grid, partition
+    from methods.common.vnet import VNet
+    torch.manual_seed(0)
+    net = VNet(1, 3, 4, "instance")
+    x5 = net.encode(partition(torch.rand(2, 1, 32, 32, 32), as_grid((2, 2, 1))).flatten(0, 1))[-1]
+    assert x5.shape[2:] == (1, 1, 2)
+    assert bool(((x5[..., 0] == 0) | (x5[..., 1] == 0)).all())  # one of every pair is zero after the ReLU
+    assert float((x5.amax(-1) > 0.9).float().mean()) > 0.5      # the other mostly about 1
+
+    def bottleneck_gradient(patch: tuple[int, int, int], grid: tuple[int, int, int]) -> float:
+        norms = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            backbone = VNet(1, 3, 4, "instance")
+            cubes = partition(torch.rand(4, 1, *patch), as_grid(grid)).flatten(0, 1)
+            backbone(cubes).logsumexp(1).mean().backward()
+            norms.append(float(sum(p.grad.norm() ** 2 for p in backbone.encoder[-1].parameters()) ** 0.5))
+        return sum(norms) / len(norms)
+
+    assert bottleneck_gradient((32, 32, 32), (2, 2, 1)) > 5 * bottleneck_gradient((64, 64, 32), (2, 2, 1))
+
+
+def test_the_cpu_profile_cubes_have_the_reference_bottleneck() -> None:
+    """The cpu profile's patch and grid give 32^3 cubes (a 2x2x2 bottleneck, as the reference's)."""
+    from benchmarks.config import load_profile
+    profile = load_profile("cpu")
+    grid = profile.method_overrides["cube_grid"]
+    assert [p // g for p, g in zip(profile.patch, grid)] == [32, 32, 32]
 
 
 @pytest.mark.parametrize(("flag", "source"), [(False, "unlabeled"), (True, "labeled")])

@@ -36,7 +36,7 @@ def build(name: str, seed: int = 0, **overrides: object):
     cls = get_method(name)
     patch = patch_of(name)
     if patch == CUBE_PATCH:
-        overrides = {"cube_grid": (2, 2, 1), "location_hidden": 64, **overrides}
+        overrides = {"cube_grid": (2, 1, 1), "location_hidden": 64, **overrides}
     method = cls(cls.Config(base_filters=4, **overrides), NUM_CLASSES, max_iterations=10, patch=patch,
                  class_names=CLASS_NAMES)
     labels = [np.random.default_rng(i).integers(0, NUM_CLASSES, (20, 20, 20)) for i in range(3)]

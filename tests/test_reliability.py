@@ -123,7 +123,7 @@ BAD_INPUTS: dict[str, tuple[Setup, list[str]]] = {
     "budget a fraction": (study(budget={"smoke": 1.5, **BUDGET}), ["budget.smoke", "expected int", "1.5"]),
     "seeds as one string": (study(seeds={"smoke": "0,1", **SEEDS}), ["seeds.smoke", "expected list[int]", "'0,1'"]),
     "seeds repeated": (study(seeds={"smoke": [0, 0], **SEEDS}), ["seeds.smoke", "more than once"]),
-    "seeds negative": (study(seeds={"smoke": [-1], **SEEDS}), ["seeds.smoke", "non-negative"]),
+    "seeds negative": (study(seeds={"smoke": [-1], **SEEDS}), ["seeds.smoke", "[0, 2^32)"]),
     "seeds without the profile": (study(seeds=SEEDS), ["seeds", "no entry for profile 'smoke'"]),
     "--seeds abc": (flags("--seeds", "abc"), ["--seeds", "'abc'"]),
     "--seeds -1": (flags("--seeds=-1"), ["--seeds", "'-1'"]),

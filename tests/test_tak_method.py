@@ -142,7 +142,7 @@ def test_sampling_respects_ignore_label_and_cap() -> None:
 def _tak(**overrides: object):
     cls = get_method("tak")
     torch.manual_seed(0)
-    config = cls.Config(base_filters=4, cube_grid=(2, 2, 1), location_hidden=32, **overrides)
+    config = cls.Config(base_filters=4, cube_grid=(2, 1, 1), location_hidden=32, **overrides)
     return cls(config, 4, max_iterations=20, patch=(32, 32, 32), class_names=CLASSES)
 
 
