@@ -78,8 +78,9 @@ class TAKConfig(MagicCubeConfig):
 class TAK(MagicNet):
     title = "TAK"
     # Bump when what this method computes changes (part of the run key). 3: the contrastive loss runs in
-    # fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there).
-    version = "3"
+    # fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there). 4: blending
+    # starts at a share of the budget (MagicNet 2).
+    version = "4"
     # 2: on an accelerator the dynamic head is block-diagonal, the contrastive loss dense and the voxel
     # sampler one sort (tak/model.py, tak/contrast.py): the same maths, another random stream.
     accelerator_version = "2"

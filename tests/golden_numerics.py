@@ -8,7 +8,8 @@ One file holds them for every machine: the method fingerprints are computed in f
 dtype set to float64 for the computation, so every network, batch and loss is double). In float32 the
 same steps differ between CPU kinds (AVX2, two AVX-512 CPUs) by far more than the tolerance, as their
 kernels sum in other orders; in float64 those differences are about 1e-13, so one fingerprint holds on
-any CPU kind, ARM included. The float32-only fast kernels (``methods/common/kernels.py``) do not run in
+any CPU kind, ARM included. They run on one thread: with two, A&D's pseudo-labels (an argmax over
+near-tied classes) came out differently. The float32-only fast kernels (``methods/common/kernels.py``) do not run in
 float64, so a fingerprint's version is the method's own. The generator and harness fingerprints are
 integer counts and float32 sums that were identical on both kinds measured.
 
@@ -40,12 +41,14 @@ STEPS = 3
 def method_fingerprint(name: str) -> dict[str, Any]:
     """Losses of three training steps on fixed batches and statistics of the prediction that follows,
     computed in float64 (see the module docstring)."""
-    previous = torch.get_default_dtype()
+    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)  # A&D's first loss moved by 1e-5 between 1 and 2 threads (ties in its argmax)
     try:
         return _method_fingerprint(name)
     finally:
         torch.set_default_dtype(previous)
+        torch.set_num_threads(threads)
 
 
 def _method_fingerprint(name: str) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def test_ga_blending_source_flag(flag: bool, source: str) -> None:
 
 
 def test_blending_starts_after_blend_start_and_uses_class_weights() -> None:
-    method = _method("magicnet", blend_start=1, dist_window=1)
+    method = _method("magicnet", blend_start_fraction=0.1, dist_window=1)  # 10 iterations: after step 1
     teacher = torch.randn(2, 3, 32, 32, 32)
     feats = [torch.zeros(1)] * 5
     pseudo, blended = method.blended_pseudo_labels(teacher, feats, 2, step=1)
@@ -170,3 +170,17 @@ def test_reference_ramp_is_tiny_on_a_short_run() -> None:
     assert method.consistency_weight(16999) == pytest.approx(0.1 * math.exp(-5 * (1 - 48 / 200) ** 2))
     assert method.consistency_weight(16999) < 0.0057
     assert _method("ga").consistency_weight(10) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["magicnet", "ga", "tak"])
+def test_the_magic_cube_methods_blend_under_the_cpu_profile(name: str) -> None:
+    """Blending starts at the same share of every profile's budget: within the cpu budget (an absolute
+    iteration 100 never came under the 12- and 60-iteration profiles)."""
+    from benchmarks.config import load_profile, load_study
+    from benchmarks.plan import resolve_method_config
+    profile, study = load_profile("cpu"), load_study("table2")
+    config = resolve_method_config(get_method(name), profile, study, name)
+    budget = study.budget["cpu"]
+    start = config.blend_start_fraction * budget
+    assert start < budget / 10 and config.dist_window < budget / 2
+    assert round(config.blend_start_fraction * study.budget["paper"]) == 100  # the references' iteration 100

@@ -35,8 +35,10 @@ class MagicCubeConfig(MethodConfig):
     ema_decay: float = 0.99
     noise_std: float = 0.1
     noise_clip: float = 0.2
-    blend_start: int = 100
-    """Cube-wise pseudo-label blending runs when ``step > blend_start``."""
+    blend_start_fraction: float = 100 / 33_000
+    """Cube-wise pseudo-label blending runs when ``step > blend_start_fraction * budget``: the references'
+    100 iterations as a share of the paper profile's 33,000, so that every profile blends over the same
+    share of its budget (an absolute 100 never blended under the 12- and 60-iteration profiles)."""
     dist_window: int = 20
     """The class-distribution logger replaces its counts every ``dist_window`` iterations."""
     dist_temperature: float = 1.0
