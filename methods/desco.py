@@ -42,13 +42,17 @@ from methods.common.ramps import sigmoid_rampup
 from methods.common.uncertainty import mc_entropy
 from methods.registry import register
 
-VIEW_AXES = (2, 3)
-"""The axes swapped for network B's view of ``(B, C, D, H, W)`` tensors (axial <-> coronal)."""
-
-
 def other_view(x: torch.Tensor) -> torch.Tensor:
-    """Swap the first two spatial axes (an involution: applying it twice gives ``x`` back)."""
-    return x.transpose(*VIEW_AXES)
+    """Swap the first two spatial axes (axial <-> coronal) of ``(B, C, D, H, W)`` images or logits and of
+    ``(B, D, H, W)`` maps (an involution: applying it twice gives ``x`` back).
+
+    Version 2 swapped axes 2 and 3 of every tensor, which for the channel-less uncertainty map is H and
+    W: B's certainty mask came back in the wrong orientation (and a non-cubic patch failed).
+
+    >>> other_view(torch.zeros(1, 2, 4, 5, 6)).shape, other_view(torch.zeros(1, 4, 5, 6)).shape
+    (torch.Size([1, 2, 5, 4, 6]), torch.Size([1, 5, 4, 6]))
+    """
+    return x.transpose(x.dim() - 3, x.dim() - 2)
 
 
 @dataclass
@@ -64,7 +68,9 @@ class DeSCOConfig(MethodConfig):
 @register("desco")
 class DeSCO(TwoNetMethod):
     title = "DeSCO (port)"
-    version = "2"  # bump when what this method computes changes (part of the run key)
+    # Bump when what this method computes changes (part of the run key). 3: B's uncertainty map is mapped
+    # back along the right axes (other_view).
+    version = "3"
     group = "general"
     unsupervised_weight_field = "consistency"
     Config = DeSCOConfig

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 
 import numpy as np
 import pytest
@@ -191,3 +192,17 @@ def test_uamt_epoch_ema_flag_reproduces_the_reference_defect(ema_step: str, copi
         method.train_step(make_batch(step), step)
     same = all(torch.equal(t, s) for t, s in zip(method.teacher.parameters(), method.student.parameters()))
     assert same is copies_student
+
+
+def test_desco_maps_b_uncertainty_back_along_the_swapped_axes() -> None:
+    """B's uncertainty is computed on the swapped view and must come back with D and H swapped again
+    (version 2 swapped H and W of the channel-less map); a non-cubic patch trains."""
+    from methods.desco import other_view
+    entropy = torch.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    swapped = other_view(entropy)
+    assert swapped.shape == (2, 4, 3, 5) and swapped[1, 2, 0, 4] == entropy[1, 0, 2, 4]
+    assert torch.equal(other_view(swapped), entropy)
+    cls = get_method("desco")
+    method = cls(cls.Config(base_filters=2, uncertainty_passes=2), 3, max_iterations=4, patch=(16, 16, 32))
+    batch = Batch(torch.rand(2, 1, 16, 16, 32), torch.randint(0, 3, (2, 16, 16, 32)), torch.rand(2, 1, 16, 16, 32))
+    assert math.isfinite(method.train_step(batch, 0)["loss"])
