@@ -125,12 +125,19 @@ def test_instance_norm_over_a_two_voxel_bottleneck_leaves_a_sign_and_a_large_gra
     assert bottleneck_gradient((32, 32, 32), (2, 2, 1)) > 5 * bottleneck_gradient((64, 64, 32), (2, 2, 1))
 
 
-def test_the_cpu_profile_cubes_have_the_reference_bottleneck() -> None:
-    """The cpu profile's patch and grid give 32^3 cubes (a 2x2x2 bottleneck, as the reference's)."""
+@pytest.mark.parametrize("profile_name", ["smoke", "cpu"])
+def test_the_profiles_cubes_can_be_normalised_and_located(profile_name: str) -> None:
+    """Under every CPU profile the magic-cube methods build (the bottleneck rule holds); under ``cpu``
+    a sample has 4 cubes (the location head's BatchNorm normalises over them: over 2 it would leave a
+    sign again) with a 1x2x2 bottleneck."""
     from benchmarks.config import load_profile
-    profile = load_profile("cpu")
+    profile = load_profile(profile_name)
     grid = profile.method_overrides["cube_grid"]
-    assert [p // g for p, g in zip(profile.patch, grid)] == [32, 32, 32]
+    cls = get_method("ga")
+    cls(cls.Config(base_filters=4, cube_grid=grid, location_hidden=8), 3, 10, patch=profile.patch, device="meta")
+    if profile_name == "cpu":
+        assert grid[0] * grid[1] * grid[2] == 4
+        assert sorted(p // g // 16 for p, g in zip(profile.patch, grid)) == [1, 2, 2]
 
 
 @pytest.mark.parametrize(("flag", "source"), [(False, "unlabeled"), (True, "labeled")])
