@@ -1,4 +1,4 @@
-"""Sliding-window inference with the reference codes' window grid and uniform averaging (spec 3.1).
+"""Sliding-window inference with the reference codes' window grid and uniform averaging (docs/algorithms.md §3.1).
 
 The reference loop (TAK/GA ``test_single_case``): zero padding (centred) when ``S < P``; per axis
 ``n = ceil((S - P) / stride) + 1`` windows starting at ``min(stride * i, S - P)``; the softmax of

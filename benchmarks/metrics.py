@@ -2,7 +2,7 @@
 
 Functional core (:func:`dice`, :func:`surface_distances`, :func:`asd`, :func:`surface_metrics`)
 plus :class:`Protocol`, which fixes the empty-mask rules, ASD direction, units and the NSD
-tolerance. Protocols (spec 3.2):
+tolerance. Protocols (docs/algorithms.md §3.2):
 
 ``dhc``  The convention of the published tables (TAK/GA ``cal_metric``, medpy-equivalent):
          Dice in %, ASD one-directional prediction -> ground truth, in voxels.
@@ -19,7 +19,7 @@ tolerance. Protocols (spec 3.2):
          ============================ ========= ======== ============ =======
 
 ``dhc_ntimes`` DHC's ``evaluate_Ntimes`` (and A&D's ``evaluate``), bug for bug: as ``dhc`` but a
-         class empty in both masks scores Dice **1 on the 0-100 scale** (spec 3.2 [BUG]), and an
+         class empty in both masks scores Dice **1 on the 0-100 scale** (docs/algorithms.md §3.2 [BUG]), and an
          all-background prediction is scored class by class (Dice 0, ASD 128 where the GT has the
          organ). A named faithful variant; ``dhc`` is the corrected default.
 

@@ -3,7 +3,7 @@
 ``last`` takes the network of the last iteration. ``best_on_eval`` validates on the **eval** split
 (never a test case) every ``interval`` of the budget from ``start`` on, keeps the network with the
 highest mean validation Dice and, with ``patience``, stops when that many iterations bring no
-improvement. The references' rules are available by name (spec 3.2), their cadences expressed as
+improvement. The references' rules are available by name (docs/algorithms.md §3.2), their cadences expressed as
 fractions of their own training length so that they carry over to any budget:
 
 ========== ========================================================================================

@@ -1,4 +1,4 @@
-"""``and``: A&D, Aggregating & Decoupling diffusion (Wang & Li, NeurIPS 2023; GenericSSL; spec 4.15).
+"""``and``: A&D, Aggregating & Decoupling diffusion (Wang & Li, NeurIPS 2023; GenericSSL; docs/algorithms.md §4.15).
 
 One shared V-Net encoder and three decoders (:class:`~methods.common.diff_vnet.DiffVNet`):
 ``D_xi`` denoises a noisy one-hot label (``x_0`` prediction, 1000-step linear schedule) conditioned on

@@ -1,5 +1,5 @@
 """``adsh``: adaptive thresholding (Adsh, Guo & Li, ICML 2022) as adapted in the DHC repository
-(``code/train_adsh.py``; spec 4.11).
+(``code/train_adsh.py``; docs/algorithms.md §4.11).
 
 CPS (A Kaiming, B Xavier), supervised loss unweighted ``DC_and_CE``. Each network buffers the softmax
 maps of its own unlabeled outputs until ``u_len // 4`` samples are held (``u_len``: the number of
@@ -45,7 +45,7 @@ class AdshConfig(CoTrainingConfig):
 
 
 class AdaptiveThresholds:
-    """One network's buffer of unlabeled softmax maps and its per-class thresholds (spec 4.11)."""
+    """One network's buffer of unlabeled softmax maps and its per-class thresholds (docs/algorithms.md §4.11)."""
 
     def __init__(self, num_classes: int, length: int, major_threshold: float) -> None:
         self.num_classes, self.length, self.major_threshold = num_classes, length, major_threshold

@@ -1,5 +1,5 @@
 """``basak``: Basak et al., "Addressing class imbalance in semi-supervised image segmentation"
-(MICCAI 2022), as adapted in the DHC repository (``code/train_acisis.py``; spec 4.13).
+(MICCAI 2022), as adapted in the DHC repository (``code/train_acisis.py``; docs/algorithms.md §4.13).
 
 Mean teacher (student and teacher V-Nets, both Kaiming-initialised, EMA 0.99). Over each epoch
 (``iterations_per_epoch`` steps) three per-class indicators are accumulated from the student's labeled
@@ -14,7 +14,7 @@ predicted ``c`` by the student is kept with probability ``s_c`` and weighted by 
 ``L = DC_and_CE(z_lab, y) + w rampup(t, T) mean_v(mask CE(z_unlab, argmax teacher(x_unlab)))``.
 Test: the student.
 
-Reference defects as flags (spec 4.13, 1.2):
+Reference defects as flags (docs/algorithms.md §4.13, 1.2):
 - ``accumulate``: the reference multiplies each sample's scores with a ``(B, 1, ...)`` ground-truth
   mask of **every** sample in the batch (broadcasting), so the indicators mix samples and are about
   ``B`` times the intended means while the normaliser counts voxels once; this holds for all three

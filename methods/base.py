@@ -41,7 +41,7 @@ class Batch:
 class MethodConfig:
     """Fields every method has. Subclasses add their own hyper-parameters with the paper's defaults.
 
-    The defaults are the DHC-family protocol (spec 4.4): V-Net nf=32 with BatchNorm and dropout,
+    The defaults are the DHC-family protocol (docs/algorithms.md §4.4): V-Net nf=32 with BatchNorm and dropout,
     SGD Nesterov momentum 0.9, weight decay 3e-5, base lr 0.03, poly decay (power 0.9).
     Profiles ``smoke``/``cpu`` override backbone width the same way for every method.
     """

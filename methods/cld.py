@@ -1,4 +1,4 @@
-"""``cld``: Calibrating Label Distribution (Lin et al., MICCAI 2022), DHC adaptation (spec 4.8).
+"""``cld``: Calibrating Label Distribution (Lin et al., MICCAI 2022), DHC adaptation (docs/algorithms.md §4.8).
 
 CPS where (i) supervised and pseudo-label losses are weighted by the labeled set's inverse
 frequency ``(max f / f_c)^(1/3)`` (fixed), and (ii) each voxel's pseudo-label loss is kept with a
@@ -8,7 +8,7 @@ confidence bank (mean softmax of class c over ground-truth-c voxels, refreshed e
 ``s_c = ((1 - conf_c) / max_k (1 - conf_k))^0.5``; a voxel predicted c by its own network is kept
 with probability ``s_c``.
 
-Departures from the reference (spec 4.8):
+Departures from the reference (docs/algorithms.md §4.8):
 - ``bank_absent``: the reference sets the confidence of a class absent from an update window's
   ground truth to 0; by default it keeps its previous value (``bank_absent: zero`` is faithful).
 - The class weight of a class with no voxel in the labeled set is infinite in the reference

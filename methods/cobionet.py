@@ -1,6 +1,6 @@
 """``cobionet``: Co-BioNet (port) -- two segmentation networks and two critics (after Peiris et al.,
 "Uncertainty-guided dual-views for semi-supervised volumetric medical image segmentation", Nature
-Machine Intelligence 2023; spec 4.16).
+Machine Intelligence 2023; docs/algorithms.md §4.16).
 
 **This is the suite's multi-class port, not the published method.** The public code is binary
 (one sigmoid channel). The port keeps its structure with softmax outputs over C classes:

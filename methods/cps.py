@@ -1,4 +1,4 @@
-"""``cps``: Cross Pseudo Supervision, as the DHC repository's baseline (spec 4.5).
+"""``cps``: Cross Pseudo Supervision, as the DHC repository's baseline (docs/algorithms.md §4.5).
 
 Two V-Nets (A Kaiming, B Xavier) trained with ``DC_and_CE`` on labeled crops, each supervised by the
 other's hard pseudo-labels on the whole batch: ``CE(z_A, argmax z_B) + CE(z_B, argmax z_A)``, weighted

@@ -1,5 +1,5 @@
 """``crest``: CReST's re-weighting by reversed class frequency, as adapted in the DHC repository
-(``code/train_crest.py``; spec 4.9).
+(``code/train_crest.py``; docs/algorithms.md §4.9).
 
 CPS (A Kaiming, B Xavier) whose losses are class-weighted per network: ``mu_c = (n_c / max n)^(1/3)``
 and the class ranked ``l`` by ``mu`` takes the ``mu`` of the class ranked ``C - 1 - l``, so the most

@@ -1,5 +1,5 @@
 """``depl``: debiased pseudo-labelling (DebiasPL, Wang et al., CVPR 2022) as adapted in the DHC
-repository (``code/train_depl.py``; spec 4.12).
+repository (``code/train_depl.py``; docs/algorithms.md §4.12).
 
 CPS (A Kaiming, B Xavier) whose pseudo-labels are debiased by each network's running marginal: a
 **per-voxel** marginal ``q`` of shape (C, *patch), initialised to ``1/C``, turns logits ``z`` into

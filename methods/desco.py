@@ -1,6 +1,6 @@
 """``desco``: DeSCO (port) -- two orthogonal views supervising each other on low-uncertainty voxels
 (after Cai et al., "Orthogonal Annotation Benefits Barely-supervised Medical Image Segmentation",
-CVPR 2023; spec 4.16).
+CVPR 2023; docs/algorithms.md §4.16).
 
 **This is the suite's multi-class port, not the published method.** DeSCO's public code is binary
 (2 classes) and needs sparse labels in two orthogonal planes (axial and coronal slices, densified by

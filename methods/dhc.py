@@ -1,4 +1,4 @@
-"""``dhc``: Dual-debiased Heterogeneous Co-training (Wang & Li, MICCAI 2023; spec 4.4).
+"""``dhc``: Dual-debiased Heterogeneous Co-training (Wang & Li, MICCAI 2023; docs/algorithms.md §4.4).
 
 CPS with two differently debiased networks: A's losses use difficulty-aware class weights (DiffDW,
 from A's labeled Dice history), B's use distribution-aware weights (DistDW, log inverse frequency

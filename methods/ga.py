@@ -1,4 +1,4 @@
-"""``ga``: the Gradient-Aware losses on MagicNet (Qi et al., ECCV 2024; spec 4.3), the paper's "GA" row.
+"""``ga``: the Gradient-Aware losses on MagicNet (Qi et al., ECCV 2024; docs/algorithms.md §4.3), the paper's "GA" row.
 
 MagicNet (``methods/magicnet.py``) with GADice in place of every Dice term (supervised, cross-image,
 within-image and the unlabeled consistency) and GACE (top 10 % hardest voxels, gamma 0.5) in place

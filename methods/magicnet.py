@@ -1,4 +1,4 @@
-"""``magicnet``: MagicNet (Chen et al., CVPR 2023; spec 4.2), the skeleton GA and TAK build on.
+"""``magicnet``: MagicNet (Chen et al., CVPR 2023; docs/algorithms.md §4.2), the skeleton GA and TAK build on.
 
 A Mean Teacher whose student learns from magic cubes. Per iteration, on ``x = [labeled; unlabeled]``:
 

@@ -1,11 +1,11 @@
-"""``mean_teacher``: Tarvainen & Valpola's Mean Teacher for 3-D segmentation (spec 4.7).
+"""``mean_teacher``: Tarvainen & Valpola's Mean Teacher for 3-D segmentation (docs/algorithms.md §4.7).
 
 Student V-Net trained with ``0.5 (CE + soft Dice)`` on labeled images plus ``lambda(t) *
 mean((softmax z_s - softmax z_t)^2)`` on unlabeled images; the teacher is an iteration-based EMA
 (decay 0.99) of the student and sees the unlabeled images with clipped Gaussian noise.
 Predictions come from the student (SSL4MIS tests the student).
 
-Deviation from SSL4MIS, as the spec recommends for comparability: DHC-family backbone, batch and
+Deviation from SSL4MIS, as is usual for comparability: DHC-family backbone, batch and
 optimiser, and the consistency ramp runs over the whole budget (``rampup(t, T)`` with ``t`` the
 iteration and ``T`` the budget) instead of ``rampup(iter // 150, 200)``, which assumes 30k iterations.
 """

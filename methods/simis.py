@@ -1,5 +1,5 @@
 """``simis``: SimiS's class weights as adapted in the DHC repository (``code/train_simis.py``;
-spec 4.10).
+docs/algorithms.md §4.10).
 
 CPS (A Kaiming, B Xavier) whose losses are class-weighted per network with
 ``w_c = C (max_k P_k - P_c)``, ``P_c`` the class's share of the voxels (the most frequent class gets

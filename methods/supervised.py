@@ -1,6 +1,6 @@
 """``supervised``: a V-Net trained on the labeled cases only (the lower bound of every table).
 
-Loss: DHC's ``DC_and_CE`` (cross-entropy + foreground batch Dice, spec 1.3a), one network,
+Loss: DHC's ``DC_and_CE`` (cross-entropy + foreground batch Dice, docs/algorithms.md §1.3a), one network,
 Kaiming init, DHC-family optimiser. Each step sees the profile's labeled crops only (2 under every
 profile): the same labeled data per step as a semi-supervised method, without the unlabeled part.
 """
@@ -18,7 +18,7 @@ from methods.registry import register
 
 @dataclass
 class SupervisedConfig(MethodConfig):
-    """DHC-family defaults (spec 4.4); no extra hyper-parameters."""
+    """DHC-family defaults (docs/algorithms.md §4.4); no extra hyper-parameters."""
 
 
 @register("supervised")

@@ -1,4 +1,4 @@
-"""``tak``: Textual Anatomical Knowledge (the seed paper; spec 4.1) on MagicNet + GA.
+"""``tak``: Textual Anatomical Knowledge (the seed paper; docs/algorithms.md §4.1) on MagicNet + GA.
 
 The GA-MagicNet student (``methods/ga.py``) with two additions driven by text about each organ's
 position and shape (``tak/knowledge``, encoded once by ``tak/encoders``, cached on disk):
@@ -189,7 +189,7 @@ class TAK(MagicNet):
                          original: list[torch.Tensor], cross: list[torch.Tensor], cubes: list[torch.Tensor]
                          ) -> torch.Tensor:
         """Sum over x3, x4, x5 of the supervised contrastive loss over sampled voxels of the 12 views
-        and the class-labelled text anchors (spec 4.1 step 9)."""
+        and the class-labelled text anchors (docs/algorithms.md §4.1 step 9)."""
         from tak.contrast import downsample_labels, entropy, sample_voxels, supervised_contrastive
         with torch.no_grad():
             threshold = self.entropy_threshold(step)

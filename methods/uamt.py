@@ -1,11 +1,11 @@
-"""``uamt``: Uncertainty-Aware Mean Teacher (Yu et al., MICCAI 2019), DHC's baseline (spec 4.6).
+"""``uamt``: Uncertainty-Aware Mean Teacher (Yu et al., MICCAI 2019), DHC's baseline (docs/algorithms.md §4.6).
 
 Mean Teacher whose consistency term only counts voxels where the teacher is certain: T = 8
 stochastic teacher passes (dropout active, fresh input noise) give the entropy U of their mean
 softmax; voxels with ``U < ln2 (0.75 + 0.25 rampup)`` enter
 ``sum_v m_v sum_c (p_s - p_t)^2 / (2 sum_v m_v + 1e-16)``. Supervised: ``0.5 (CE + soft Dice)``.
 
-Reference defect as a flag (spec 1.2): DHC's trainer passes the **epoch** to the EMA update, so the
+Reference defect as a flag (docs/algorithms.md §1.2): DHC's trainer passes the **epoch** to the EMA update, so the
 teacher copies the student for the first epoch. ``ema_step="epoch"`` reproduces it;
 ``"iteration"`` (default) is the corrected schedule. The ramps run over the whole budget.
 """

@@ -1,4 +1,4 @@
-"""TAK's cross-modal contrastive alignment (spec 4.1 step 9): voxel sampling and the supervised
+"""TAK's cross-modal contrastive alignment (docs/algorithms.md §4.1 step 9): voxel sampling and the supervised
 contrastive loss over voxel and text anchors.
 
 >>> a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])

@@ -1,5 +1,5 @@
 """TAK's segmentation network: V-Net features, a text-driven dynamic head and contrastive projections
-(spec 4.1, ``VNet_Magic_CLIP_2p_Contrast``).
+(docs/algorithms.md §4.1, ``VNet_Magic_CLIP_2p_Contrast``).
 
 The head's parameters are not learned directly: for every sample and class, a controller maps
 ``[global image code ; class text code]`` to the weights of three 1x1x1 layers (8 -> 8 -> 8 -> 1) that

@@ -1,4 +1,4 @@
-"""Sliding-window inference reproduces the reference grid and uniform averaging (spec 3.1)."""
+"""Sliding-window inference reproduces the reference grid and uniform averaging (docs/algorithms.md §3.1)."""
 from __future__ import annotations
 
 import math

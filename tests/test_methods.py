@@ -150,7 +150,7 @@ def test_unknown_config_key_and_wrong_type_are_named() -> None:
 
 
 @pytest.mark.parametrize(("nf", "norm", "classes", "expected"), [
-    (16, "instance", 16, 9_443_504),   # MagicNet/TAK backbone: 9.44 M (spec 1.1)
+    (16, "instance", 16, 9_443_504),   # MagicNet/TAK backbone: 9.44 M (docs/algorithms.md §1.1)
     (16, "batch", 16, 9_449_104),      # GA-CPS: 9.45 M
     (32, "batch", 14, 37_778_126),     # DHC family: 37.78 M
 ])

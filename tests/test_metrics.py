@@ -47,7 +47,7 @@ def _maps(case: str) -> tuple[np.ndarray, np.ndarray]:
     return pred, gt
 
 
-DHC_TABLE = {  # spec 3.2, TAK & GA test: (Dice %, ASD) of class 2
+DHC_TABLE = {  # docs/algorithms.md §3.2, TAK & GA test: (Dice %, ASD) of class 2
     "pred_only": (0.0, 128.0),
     "gt_only": (0.0, 128.0),
     "neither": (100.0, 0.0),

@@ -1,13 +1,13 @@
 """Converting real AMOS22 / Synapse releases into the harness layout, under a named protocol.
 
-Protocols (spec 2.2):
+Protocols (docs/algorithms.md §2.2):
 
 ``ga``  GA/TAK: CT window [-125, 275] HU, fixed scaling ``(x + 125) / 400``; volumes resampled to
         (x, y, z) = (160, 160, 80) (the grid of their evaluation), trilinear for images, nearest for labels.
 ``dhc`` DHC: every volume resized to (160, 160, 80) in (x, y, z) (= (80, 160, 160) in their z, y, x order),
         window [-75, 275] HU, per-volume min-max scaling.
 
-Synapse (spec 2.3): ``dhc`` (current DHC code: in-plane x0.5, depth kept, [-75, 275] min-max) and
+Synapse (docs/algorithms.md §2.3): ``dhc`` (current DHC code: in-plane x0.5, depth kept, [-75, 275] min-max) and
 ``resize`` (A&D: every volume to (160, 160, 80), same intensity rule).
 
 Both reorient to the harness convention (array axes toward patient left, posterior, superior: LPS).

@@ -39,7 +39,7 @@ PORTAL_SPLENIC_VEINS = 16  # painted only for the Synapse label set (AMOS does n
 # internal (AMOS) id -> Synapse id; duodenum, bladder and prostate/uterus are unlabelled in Synapse
 AMOS_TO_SYNAPSE = {**{i: i for i in range(10)}, 10: 11, 11: 12, 12: 13, 13: 0, 14: 0, 15: 0,
                    PORTAL_SPLENIC_VEINS: 10}
-# Published split sizes (spec 2.2/2.3): AMOS train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24,
+# Published split sizes (docs/algorithms.md §2.2/2.3): AMOS train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24,
 # test 120; Synapse train 20 (labeled 2/4/8 at 10/20/40 %), eval 4, test 6.
 AMOS_SPLIT_SIZES = {"train": 216, "eval": 24, "test": 120}
 AMOS_LABELED = {2: 4, 5: 10, 10: 21, 20: 38}

@@ -64,10 +64,10 @@ def hard_dice_per_class(logits: torch.Tensor, labels: torch.Tensor, eps: float =
 
 
 class DifficultyWeighting:
-    """DHC's difficulty-aware weights for model A (spec 4.4), updated every iteration from A's
+    """DHC's difficulty-aware weights for model A (docs/algorithms.md §4.4), updated every iteration from A's
     labeled output: classes whose Dice drops ("unlearning") or stays low get more weight.
 
-    ``normalise_max``: DHC scales the scores so that the largest weight is ``C``; A&D (spec 4.15)
+    ``normalise_max``: DHC scales the scores so that the largest weight is ``C``; A&D (docs/algorithms.md §4.15)
     multiplies them by ``C`` without that normalisation.
     """
 
@@ -108,7 +108,7 @@ def inverse_frequency_weights(counts: torch.Tensor, power: float = 1 / 3) -> tor
 
 
 def reversed_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
-    """CReST (DHC adaptation, spec 4.9): ``mu_c = ((n_c + 1e-8) / (max n + 1e-8)) ** (1/3)``; with
+    """CReST (DHC adaptation, docs/algorithms.md §4.9): ``mu_c = ((n_c + 1e-8) / (max n + 1e-8)) ** (1/3)``; with
     the classes sorted by ``mu`` descending (ties keep class order), the class ranked ``l`` gets the
     ``mu`` of the class ranked ``C - 1 - l``: the most frequent class gets the rarest class's ``mu``.
 
@@ -124,7 +124,7 @@ def reversed_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
 
 
 def proportion_gap_weights(counts: torch.Tensor) -> torch.Tensor:
-    """SimiS (DHC adaptation, spec 4.10): ``w_c = C (max_k P_k - P_c)`` with
+    """SimiS (DHC adaptation, docs/algorithms.md §4.10): ``w_c = C (max_k P_k - P_c)`` with
     ``P_c = (n_c + 1e-8) / (sum n + 1e-8)``; the most frequent class gets 0.
 
     >>> [round(w, 4) for w in proportion_gap_weights(torch.tensor([6.0, 3.0, 1.0])).tolist()]

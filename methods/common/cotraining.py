@@ -1,4 +1,4 @@
-"""Two-network co-training (CPS and the DHC family, spec 4.4-4.5 and 4.8-4.12).
+"""Two-network co-training (CPS and the DHC family, docs/algorithms.md §4.4-4.5 and 4.8-4.12).
 
 Networks A and B with separate SGD optimisers; prediction is ``softmax((z_A + z_B) / 2)`` at test
 time, i.e. :meth:`TwoNetMethod.predict` returns the mean logits (the harness applies the softmax).
@@ -55,7 +55,7 @@ class TwoNetMethod(Method):
 
     def weighted_losses(self, logits_a: torch.Tensor, logits_b: torch.Tensor, label_l: torch.Tensor,
                         weight_a: torch.Tensor | None, weight_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The DHC family's two terms with per-network class weights (spec 4.4, 4.9, 4.10):
+        """The DHC family's two terms with per-network class weights (docs/algorithms.md §4.4, 4.9, 4.10):
         ``sup = DC_and_CE_wA(z_A,lab, y) + DC_and_CE_wB(z_B,lab, y)`` (weights on Dice and CE) and
         ``cps = wCE_wA(z_A, argmax z_B) + wCE_wB(z_B, argmax z_A)`` over the whole batch.
 

@@ -1,4 +1,4 @@
-"""A&D's DiffVNet (GenericSSL, spec 4.15): one time-conditioned V-Net encoder, three decoders.
+"""A&D's DiffVNet (GenericSSL, docs/algorithms.md §4.15): one time-conditioned V-Net encoder, three decoders.
 
 The encoder is shared by two stems: the *denoising* stem sees ``cat(image, x_t)`` (``1 + C`` channels)
 and a timestep embedding; the *image* stem sees the image alone (no time embedding). Three decoders

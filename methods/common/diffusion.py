@@ -1,5 +1,5 @@
 """Gaussian diffusion on one-hot labels with ``x_0`` prediction and deterministic DDIM sampling (A&D,
-spec 4.15; the reference uses guided-diffusion's ``SpacedDiffusion``).
+docs/algorithms.md §4.15; the reference uses guided-diffusion's ``SpacedDiffusion``).
 
 Linear beta schedule ``1e-4 .. 0.02`` over ``T = 1000`` steps; ``q(x_t | x_0) = N(sqrt(abar_t) x_0,
 (1 - abar_t) I)``. DDIM with ``eta = 0`` over ``S`` respaced steps ``round(i (T - 1) / (S - 1))``; the

@@ -1,4 +1,4 @@
-"""Exponential-moving-average teacher (spec section 1.2)."""
+"""Exponential-moving-average teacher (docs/algorithms.md §1.2)."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""MagicNet's Dice and the Gradient-Aware losses of GA (Qi et al., ECCV 2024; spec 1.3b-d).
+"""MagicNet's Dice and the Gradient-Aware losses of GA (Qi et al., ECCV 2024; docs/algorithms.md §1.3b-d).
 
 All take probabilities or logits ``(B, C, D, H, W)`` and integer labels ``(B, D, H, W)``; the Dice
 terms also accept ``(B, 1, D, H, W)`` labels, the form the references' pseudo-label calls pass. Sums

@@ -1,4 +1,4 @@
-"""Segmentation losses shared by the methods (spec section 1.3).
+"""Segmentation losses shared by the methods (docs/algorithms.md §1.3).
 
 All functions take logits ``(B, C, D, H, W)`` and integer labels ``(B, D, H, W)`` unless stated.
 """
@@ -15,7 +15,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def batch_dice_fg(probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
                   smooth: float = 1.0) -> torch.Tensor:
-    """DHC/nnU-Net batch Dice over foreground classes, returned as ``-mean_c w_c dc_c`` (spec 1.3a).
+    """DHC/nnU-Net batch Dice over foreground classes, returned as ``-mean_c w_c dc_c`` (docs/algorithms.md §1.3a).
 
     ``dc_c = (2 TP_c + s) / (sum p_c + sum g_c + s + 1e-8)``, sums over batch and space; background
     (class 0) excluded; ``weights`` has length C (``weights[1:]`` are used).
@@ -53,7 +53,7 @@ def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
 
 def weighted_ce_map(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
                     voxel_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """DHC/CLD ``WeightedCrossEntropyLoss`` (spec 1.3e): per-voxel CE x class weight x mask, averaged
+    """DHC/CLD ``WeightedCrossEntropyLoss`` (docs/algorithms.md §1.3e): per-voxel CE x class weight x mask, averaged
     over **all** voxels (masked-out voxels count in the denominator)."""
     loss = F.cross_entropy(logits, labels.long(), weight=weights, reduction="none")
     if voxel_mask is not None:

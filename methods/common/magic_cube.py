@@ -1,4 +1,4 @@
-"""MagicNet's magic-cube partition and recovery (spec 4.2, TAK steps 2, 5-7), shared by MagicNet, GA
+"""MagicNet's magic-cube partition and recovery (docs/algorithms.md §4.2, TAK steps 2, 5-7), shared by MagicNet, GA
 and TAK.
 
 A volume ``(B, C, D, H, W)`` is cut into a grid of ``nx x ny x nz`` equal cubes (the reference: 3 x 3 x

@@ -1,4 +1,4 @@
-"""Pieces shared by MagicNet, GA and TAK (spec 4.1-4.3): the cube-location head, the class
+"""Pieces shared by MagicNet, GA and TAK (docs/algorithms.md §4.1-4.3): the cube-location head, the class
 distribution logger of the cube-wise pseudo-label blending, and the magic-cube config fields."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from methods.base import MethodConfig
 
 @dataclass
 class MagicCubeConfig(MethodConfig):
-    """MagicNet-family defaults (spec 4.2): V-Net nf 16, InstanceNorm, no dropout; SGD lr 0.01,
+    """MagicNet-family defaults (docs/algorithms.md §4.2): V-Net nf 16, InstanceNorm, no dropout; SGD lr 0.01,
     momentum 0.9, weight decay 1e-4, no Nesterov; poly decay."""
 
     base_filters: int = 16
@@ -29,7 +29,7 @@ class MagicCubeConfig(MethodConfig):
     """Maximum weight of the cross-image consistency term."""
     reference_ramp: bool = False
     """True: ``rampup(iter // 350, 200)``, MagicNet's BTCV ramp (on GA's 17k iterations it never exceeds
-    0.0056, spec 1.4); False (default): the ramp spans the run's budget, as for every other method."""
+    0.0056, docs/algorithms.md §1.4); False (default): the ramp spans the run's budget, as for every other method."""
     location_weight: float = 0.1
     location_hidden: int = 4096
     ema_decay: float = 0.99
@@ -44,10 +44,10 @@ class MagicCubeConfig(MethodConfig):
     dist_temperature: float = 1.0
     """``T_dist`` (undeclared in TAK's reference; MagicNet/GA default 1.0)."""
     cube_unmix_transposed: bool = False
-    """True reproduces the reference's x/z-swapped cube re-assembly (spec 7.1); False is exact."""
+    """True reproduces the reference's x/z-swapped cube re-assembly (docs/algorithms.md §7.1); False is exact."""
     poly_horizon: int | None = None
     """Iterations over which poly LR decays; None: the run's budget. 70000 reproduces the GA/TAK
-    reference, whose denominator exceeds its run length (spec 7.5)."""
+    reference, whose denominator exceeds its run length (docs/algorithms.md §7.5)."""
 
 
 class LocationHead(nn.Sequential):

@@ -1,4 +1,4 @@
-"""Ramp-ups and learning-rate schedules (spec section 1.4)."""
+"""Ramp-ups and learning-rate schedules (docs/algorithms.md §1.4)."""
 from __future__ import annotations
 
 import math

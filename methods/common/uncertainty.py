@@ -1,4 +1,4 @@
-"""Teacher input noise and Monte-Carlo uncertainty (UA-MT, spec 4.6; the DeSCO port)."""
+"""Teacher input noise and Monte-Carlo uncertainty (UA-MT, docs/algorithms.md §4.6; the DeSCO port)."""
 from __future__ import annotations
 
 from typing import Callable

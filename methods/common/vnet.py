@@ -1,4 +1,4 @@
-"""The simplified V-Net shared by the DHC, MagicNet, GA and TAK code bases (spec section 1.1).
+"""The simplified V-Net shared by the DHC, MagicNet, GA and TAK code bases (docs/algorithms.md §1.1).
 
 Not Milletari's original: 3x3x3 convolutions, Norm + ReLU, additive skips. Channels ``nf * [1, 2, 4,
 8, 16]`` over five encoder stages with ``[1, 2, 3, 3, 3]`` convolutions; the decoder mirrors it with
