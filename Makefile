@@ -13,7 +13,7 @@ LAUNCHER ?= sequential
 RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG) \
 	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS))
 
-.PHONY: setup test bench list-methods new-method clean-reports mlflow mlflow-stop mlflow-status \
+.PHONY: setup test test-fast bench list-methods new-method clean-reports mlflow mlflow-stop mlflow-status \
 	table1 table2 table3 table4 table6 fig1 fig6 index reports \
 	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check gpu-check
 
@@ -27,6 +27,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q --durations=15
+
+# Everyday tier: no servers, clusters, browsers or end-to-end studies (tests/conftest.py SLOW_MODULES)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 bench: setup
 	$(PY) -m pytest -q tests/bench --benchmark-enable --benchmark-only --benchmark-autosave \

@@ -75,8 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
                          progress=not args.no_progress, tracking_uri=tracking_uri, checkpoint_dir=args.checkpoint_dir,
                          keep_checkpoints=args.keep_checkpoints, wait=args.wait, retry_diverged=args.retry_diverged)
-    options = {"address": args.address, "max_retries": args.max_retries} if args.launcher == "ray" else {}
-    results = runner.run(args.launcher, **options)
+    dispatch = None
+    if args.launcher == "ray":
+        import functools
+
+        from benchmarks.launchers import run_on_ray
+        dispatch = functools.partial(run_on_ray, address=args.address, max_retries=args.max_retries)
+    results = runner.run(dispatch)
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "diverged", "failed")}
     line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
             f"finished")
@@ -138,8 +143,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"{study.path}: experiment {study.experiment!r}: only budget studies share another "
                           "study's experiment")
     elif study.variants:
+        from benchmarks.plan import absent_inputs
         from reports.ablation import render_ablation
-        paths = render_ablation(study, args.profile, out, cells=cells)
+        paths = render_ablation(study, args.profile, out, cells=cells, absent=absent_inputs(study))
     elif study.budget_scales:
         from reports.budget import render_budget_check
         budget = int(study.budget[profile.name])

@@ -18,7 +18,7 @@ from benchmarks.config import Profile, Study, check_seeds, config_hash
 from benchmarks.data import DatasetInfo, check_splits, read_split, split_name
 from benchmarks.data.digest import dataset_digest
 from benchmarks.data.sources import resolve_dataset
-from benchmarks.errors import ConfigError, DatasetError
+from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.metrics import Protocol, get_protocol
 from benchmarks.selection import RULES, SelectionRule, selection_rule
 from methods import UnknownMethodError, get_method
@@ -91,6 +91,20 @@ class Cell:
     def name(self) -> str:
         scaled = f" at {self.iterations} iterations" if self.study.budget_scales else ""
         return f"{self.method} seed {self.seed}{scaled}"
+
+
+def absent_inputs(study: Study) -> dict[str, str]:
+    """Entries of ``study`` whose inputs are absent (e.g. text-encoder weights), with the first line of
+    the reason, found with each method's ``check_available`` on the entry's own overrides."""
+    absent = {}
+    for name in study.methods:
+        spec = study.variants.get(name, {"method": name})
+        cls = get_method(spec["method"])
+        try:
+            cls.check_available(cls.resolve_config(spec.get("overrides", {})))
+        except OrganbenchError as exc:
+            absent[name] = str(exc).splitlines()[0]
+    return absent
 
 
 def _pick(values: dict[str, Any], profile: str, key: str, study: Study) -> Any:

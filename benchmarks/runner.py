@@ -180,12 +180,14 @@ class StudyRunner:
                       **_claim_tags(), **git_state()}).info.run_id, self.client)
         return launch
 
-    def run(self, launcher: str = "sequential", **options: Any) -> list[dict[str, Any]]:
+    def run(self, dispatch: Callable[["StudyRunner", Launch], list[dict[str, Any]]] | None = None
+            ) -> list[dict[str, Any]]:
         """Run every requested cell not finished yet; returns one outcome dict per cell.
 
-        ``launcher``: ``sequential`` (this process, cell after cell) or ``ray`` (one Ray task per
-        cell; ``options`` go to :func:`benchmarks.launchers.run_on_ray`). Both train a cell with
-        :meth:`run_cell`; they differ only in dispatch.
+        ``dispatch(runner, launch)`` trains the launch's unfinished cells and returns their outcomes:
+        None is this process, cell after cell; :func:`benchmarks.launchers.run_on_ray` (with its
+        options bound) one Ray task per cell. Every dispatch trains a cell with :meth:`run_cell`, so
+        launchers depend on the runner and never the other way round.
         """
         launch = self.prepare()
         results = []
@@ -204,13 +206,10 @@ class StudyRunner:
         with Heartbeat(self.tracking_uri) as heartbeat, StopSignals() as signals:
             heartbeat.track(launch.parent.run_id)
             try:
-                if launcher == "sequential":
+                if dispatch is None:
                     results += self._run_sequential(launch, heartbeat, signals)
-                elif launcher == "ray":
-                    from benchmarks.launchers import run_on_ray
-                    results += run_on_ray(self, launch, **options)
                 else:
-                    raise ConfigError(f"unknown launcher {launcher!r}; known: sequential, ray")
+                    results += dispatch(self, launch)
                 status = FAILED if any(r["status"] == "failed" for r in results) else FINISHED
             except Interrupted:
                 status = KILLED

@@ -8,6 +8,7 @@ paper's from real AMOS on GPUs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -15,11 +16,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.config import Study  # noqa: E402
 from reports.queries import NoRunsError, StudyRuns, others_note, study_runs  # noqa: E402
 from reports.tables import PUBLISHED_DIR, build_table  # noqa: E402
 
 OURS_COLOUR, PUBLISHED_COLOUR = "#1f4e79", "#8b0000"
+
+
+class Study(Protocol):
+    """What an ablation table needs of a study (``benchmarks.config.Study`` has it); reports read MLflow
+    and this plain description only, never the harness or the methods."""
+
+    study: str
+    title: str
+    methods: list[str]
+    variants: dict[str, dict[str, Any]]
+    published: dict[str, Any]
 
 
 def _value_frame(study: Study) -> pd.DataFrame:
@@ -33,11 +44,12 @@ def _value_frame(study: Study) -> pd.DataFrame:
 
 
 def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None,
-                    cells: list[dict[str, object]] | None = None
+                    cells: list[dict[str, object]] | None = None, absent: dict[str, str] | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str], list[str]]:
     """``(ours, published, header, footnotes)``: ours has one row per variant (value columns, Dice All /
     Large / Small mean and std over seeds, seeds, status) from the study's ``cells`` only; published
-    is the paper's table (or empty); footnotes list unfinished cells and runs not part of the study."""
+    is the paper's table (or empty); footnotes list unfinished cells and runs not part of the study.
+    ``absent``: entries whose inputs are missing (name -> reason), as the harness found them."""
     ours = _value_frame(study)
     footnotes: list[str] = []
     diverged: dict[str, str] = {}
@@ -59,24 +71,18 @@ def ablation_frames(study: Study, profile: str, tracking_uri: str | None = None,
         ours["seeds"] = runs.groupby("tags.method")["tags.seed"].nunique().reindex(ours.index)
     finished = set(runs.get("tags.method", []))
     ours["status"] = [f"diverged (iteration {diverged[name]})" if name in diverged and name not in finished
-                      else _status(study, name, name in finished) for name in ours.index]
+                      else _status(name in finished, (absent or {}).get(name)) for name in ours.index]
     published = pd.DataFrame()
     if study.published.get("file"):
         published = pd.read_csv(PUBLISHED_DIR / study.published["file"])
     return ours, published, header, footnotes
 
 
-def _status(study: Study, name: str, has_runs: bool) -> str:
+def _status(has_runs: bool, absent_reason: str | None) -> str:
     if has_runs:
         return "finished"
-    from methods import get_method
-    from benchmarks.errors import OrganbenchError
-    spec = study.variants.get(name, {"method": name})
-    cls = get_method(spec["method"])
-    try:
-        cls.check_available(cls.resolve_config(spec.get("overrides", {})))
-    except OrganbenchError as exc:
-        return f"inputs absent: {str(exc).splitlines()[0]}"
+    if absent_reason:
+        return f"inputs absent: {absent_reason.splitlines()[0]}"
     return "not run yet"
 
 
@@ -97,9 +103,10 @@ def _display(ours: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_ablation(study: Study, profile: str, out_dir: Path, tracking_uri: str | None = None,
-                    cells: list[dict[str, object]] | None = None) -> list[Path]:
+                    cells: list[dict[str, object]] | None = None, absent: dict[str, str] | None = None
+                    ) -> list[Path]:
     """Write ``<study>.md/.csv/.tex/.png`` under ``out_dir``; returns the paths."""
-    ours, published, header, footnotes = ablation_frames(study, profile, tracking_uri, cells)
+    ours, published, header, footnotes = ablation_frames(study, profile, tracking_uri, cells, absent)
     shown = _display(ours)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{study.study}.{ext}" for ext in ("md", "csv", "tex", "png")]

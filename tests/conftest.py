@@ -8,6 +8,19 @@ import pytest
 
 from benchmarks.data.synthetic import SyntheticAbdomen, write_cohort
 
+# The `slow` tier (`make test` runs it, `make test-fast` leaves it out): tests that start servers,
+# clusters, browsers or databases, or run whole studies end to end. Whole modules here; single tests
+# elsewhere carry @pytest.mark.slow.
+SLOW_MODULES = frozenset({"test_ray", "test_mlflow_server", "test_mlflow_postgres", "test_run_integrity",
+                          "test_reports", "test_ablation", "test_realdata", "test_new_method", "test_cli",
+                          "test_reliability"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -265,6 +265,7 @@ FAULTS = {  # name: (extra args or None, environment, files to write {relative p
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_cli_paths_with_faults_end_in_one_line_never_a_traceback(fault: str, tmp_path: Path, tiny_cohort: Path,
                                                                   empty_store_file: Path) -> None:

@@ -225,6 +225,7 @@ def test_the_cli_imports_without_mlflow() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_the_cpu_tiny(tmp_path: Path) -> None:
     import json
     from methods import list_methods
