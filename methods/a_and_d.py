@@ -71,13 +71,9 @@ def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -
     return F.conv3d(x, weight, padding=kernel_size // 2, groups=channels)
 
 
-@register("and")
+@register("and", title="A&D", group="imbalance", version="1", config=AandDConfig)
 class AandD(Method):
-    title = "A&D"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
     unsupervised_weight_field = "mu"
-    Config = AandDConfig
     config: AandDConfig
 
     def build(self) -> None:

@@ -94,12 +94,8 @@ def class_mask(logits: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     return (F.softmax(logits.detach(), dim=1) > thresholds.view(shape)).float()
 
 
-@register("adsh")
+@register("adsh", title="Adsh", group="imbalance", version="1", config=AdshConfig)
 class Adsh(TwoNetMethod):
-    title = "Adsh"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = AdshConfig
     config: AdshConfig
 
     def build(self) -> None:

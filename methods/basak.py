@@ -93,12 +93,8 @@ def fuzzy_rank_sampling(indicators: torch.Tensor, previous_cc: torch.Tensor, top
     return cc, (rates / (rates.max() + 1e-12)) ** power
 
 
-@register("basak")
+@register("basak", title="Basak et al.", group="imbalance", version="1", config=BasakConfig)
 class Basak(StudentPredicts):
-    title = "Basak et al."
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = BasakConfig
     config: BasakConfig
     unsupervised_weight_field = "cps_weight"
 

@@ -74,12 +74,8 @@ class ConfidenceBank:
         return (uncertainty / uncertainty.max().clamp(min=1e-12)) ** power
 
 
-@register("cld")
+@register("cld", title="CLD", group="imbalance", version="1", config=CLDConfig)
 class CLD(TwoNetMethod):
-    title = "CLD"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = CLDConfig
     config: CLDConfig
 
     def build(self) -> None:

@@ -95,13 +95,9 @@ class CoBioNetConfig(MethodConfig):
     """False reproduces the reference: the discrepancy loss is a constant (``.item()``)."""
 
 
-@register("cobionet")
+@register("cobionet", title="Co-BioNet (port)", group="general", version="1", config=CoBioNetConfig)
 class CoBioNet(TwoNetMethod):
-    title = "Co-BioNet (port)"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "general"
     unsupervised_weight_field = "consistency"
-    Config = CoBioNetConfig
     config: CoBioNetConfig  # type: ignore[assignment]
 
     def build(self) -> None:

@@ -22,12 +22,8 @@ class CPSConfig(CoTrainingConfig):
     """DHC-family defaults."""
 
 
-@register("cps")
+@register("cps", title="CPS", group="general", version="1", config=CPSConfig)
 class CPS(TwoNetMethod):
-    title = "CPS"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "general"
-    Config = CPSConfig
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n_l = batch.image_l.shape[0]

@@ -26,11 +26,7 @@ class CReSTConfig(CoTrainingConfig):
     """EMA momentum of each network's class weights (reference: 0.99)."""
 
 
-@register("crest")
+@register("crest", title="CReST", group="imbalance", version="1", config=CReSTConfig)
 class CReST(ClassWeightedCPS):
-    title = "CReST"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = CReSTConfig
     config: CReSTConfig
     weight_rule = staticmethod(reversed_frequency_weights)

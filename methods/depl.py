@@ -56,12 +56,8 @@ def debiased_pseudo_labels(logits: torch.Tensor, marginal: torch.Tensor, tau: fl
     return labels, (max_probs >= threshold).float()
 
 
-@register("depl")
+@register("depl", title="DePL", group="general", version="1", config=DePLConfig)
 class DePL(TwoNetMethod):
-    title = "DePL"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "general"
-    Config = DePLConfig
     config: DePLConfig
 
     def build(self) -> None:

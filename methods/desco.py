@@ -65,15 +65,11 @@ class DeSCOConfig(MethodConfig):
     noise_clip: float = 0.2
 
 
-@register("desco")
+# Bump when what this method computes changes (part of the run key). 3: B's uncertainty map is mapped
+# back along the right axes (other_view).
+@register("desco", title="DeSCO (port)", group="general", version="3", config=DeSCOConfig)
 class DeSCO(TwoNetMethod):
-    title = "DeSCO (port)"
-    # Bump when what this method computes changes (part of the run key). 3: B's uncertainty map is mapped
-    # back along the right axes (other_view).
-    version = "3"
-    group = "general"
     unsupervised_weight_field = "consistency"
-    Config = DeSCOConfig
     config: DeSCOConfig  # type: ignore[assignment]
 
     def build(self) -> None:

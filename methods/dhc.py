@@ -28,12 +28,8 @@ class DHCConfig(CoTrainingConfig):
     """EMA momentum of DistDW's weights."""
 
 
-@register("dhc")
+@register("dhc", title="DHC", group="imbalance", version="1", config=DHCConfig)
 class DHC(TwoNetMethod):
-    title = "DHC"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = DHCConfig
     config: DHCConfig
 
     def build(self) -> None:

@@ -16,11 +16,7 @@ class FullyConfig(SupervisedConfig):
     """As ``supervised``."""
 
 
-@register("fully")
+@register("fully", title="V-Net (fully)", group="fully", version="1", config=FullyConfig)
 class Fully(Supervised):
-    title = "V-Net (fully)"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "fully"
-    Config = FullyConfig
     label_pool = "all"
     batch_policy = "all_labeled"

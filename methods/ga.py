@@ -22,37 +22,24 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.common.ga_losses import ga_ce, ga_dice
+from methods.common.ga_losses import GALossConfig, GALosses
 from methods.common.magicnet_parts import MagicCubeConfig
 from methods.magicnet import MagicNet
 from methods.registry import register
 
 
 @dataclass
-class GAConfig(MagicCubeConfig):
-    top_k_percent: float = 10.0
-    """GACE keeps the hardest ``k`` % of the batch's voxels."""
-    gamma: float = 0.5
-    """GACE class normalisation: 0 = per-class mean, 1 = global mean."""
+class GAConfig(MagicCubeConfig, GALossConfig):
     blend_from_labeled_cubes: bool = False
     """True reproduces GA's ``get_mix_pl`` defect (labeled samples' cube prediction blended)."""
 
 
-@register("ga")
-class GA(MagicNet):
-    title = "GA"
-    version = "2"  # bump when what this method computes changes (part of the run key); 2: as MagicNet 2
+# 2: as MagicNet 2
+@register("ga", title="GA", group="imbalance", version="2", config=GAConfig)
+class GA(GALosses, MagicNet):
     reference_selection = "ga"
     reference_augmentation = "none"
-    group = "imbalance"
-    Config = GAConfig
     config: GAConfig
-
-    def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ga_ce(logits, labels, self.config.top_k_percent, self.config.gamma)
-
-    def dice(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ga_dice(probs, labels)
 
     def cube_logits_for_blending(self, cube_feats: list[torch.Tensor], n_l: int, n_u: int) -> torch.Tensor:
         if not self.config.blend_from_labeled_cubes:

@@ -104,16 +104,13 @@ class MagicModel(nn.Module):
         return self.head(feats, self.decode(feats))
 
 
-@register("magicnet")
+# Bump when what this method computes changes (part of the run key). 2: blending starts at a share
+# of the budget (``blend_start_fraction``), no longer at an absolute iteration 100.
+@register("magicnet", title="MagicNet", group="general", version="2",
+          config=MagicCubeConfig)
 class MagicNet(StudentPredicts):
-    title = "MagicNet"
-    # Bump when what this method computes changes (part of the run key). 2: blending starts at a share
-    # of the budget (``blend_start_fraction``), no longer at an absolute iteration 100.
-    version = "2"
     reference_selection = "magicnet"
     reference_augmentation = "none"
-    group = "general"
-    Config = MagicCubeConfig
     unsupervised_weight_field = "consistency"
     config: MagicCubeConfig
     recovers_encoder_features = False  # TAK's head needs the recovered encoder features too

@@ -34,13 +34,10 @@ class MeanTeacherConfig(MethodConfig):
     noise_clip: float = 0.2
 
 
-@register("mean_teacher")
+@register("mean_teacher", title="Mean Teacher", group="general", version="1",
+          config=MeanTeacherConfig)
 class MeanTeacher(StudentPredicts):
-    title = "Mean Teacher"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "general"
     unsupervised_weight_field = "consistency"
-    Config = MeanTeacherConfig
     config: MeanTeacherConfig
 
     def build(self) -> None:

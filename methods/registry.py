@@ -37,13 +37,20 @@ class UnknownMethodError(KeyError):
         return str(self.args[0])
 
 
-def register(name: str) -> Callable[[M], M]:
-    """Class decorator registering a :class:`~methods.base.Method` subclass under ``name``."""
+def register(name: str, *, title: str | None = None, group: str | None = None, version: str | None = None,
+             config: type | None = None) -> Callable[[M], M]:
+    """Class decorator registering a :class:`~methods.base.Method` subclass under ``name``, with the
+    header every method has: its table ``title``, its ``group`` (lower-bound, general, imbalance,
+    fully), its behaviour ``version`` (part of every run key: bump it when what the method computes
+    changes) and its ``config`` dataclass. A keyword left out is inherited from the base class."""
 
     def decorator(cls: M) -> M:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} already registered by {_REGISTRY[name].__module__}")
         cls.name = name
+        for attribute, value in (("title", title), ("group", group), ("version", version), ("Config", config)):
+            if value is not None:
+                setattr(cls, attribute, value)
         _REGISTRY[name] = cls
         return cls
 

@@ -26,12 +26,8 @@ class SimiSConfig(CoTrainingConfig):
     """EMA momentum of each network's class weights (reference script: 0.99)."""
 
 
-@register("simis")
+@register("simis", title="SimiS", group="imbalance", version="1", config=SimiSConfig)
 class SimiS(ClassWeightedCPS):
-    title = "SimiS"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "imbalance"
-    Config = SimiSConfig
     config: SimiSConfig
     weight_rule = staticmethod(proportion_gap_weights)
     blend_initial_weights = True

@@ -21,12 +21,9 @@ class SupervisedConfig(MethodConfig):
     """DHC-family defaults (docs/algorithms.md §4.4); no extra hyper-parameters."""
 
 
-@register("supervised")
+@register("supervised", title="V-Net (labeled only)", group="lower-bound", version="1",
+          config=SupervisedConfig)
 class Supervised(Method):
-    title = "V-Net (labeled only)"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "lower-bound"
-    Config = SupervisedConfig
     batch_policy = "labeled_only"
     label_pool = "labeled"
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from methods.common.errors import ConfigError
-from methods.common.ga_losses import ga_ce, ga_dice
+from methods.common.ga_losses import GALossConfig, GALosses
 from methods.common.kernels import class_argmax
 from methods.common.magic_cube import assemble, unmix
 from methods.common.magicnet_parts import MagicCubeConfig
@@ -44,10 +44,8 @@ from methods.registry import register
 
 
 @dataclass
-class TAKConfig(MagicCubeConfig):
+class TAKConfig(MagicCubeConfig, GALossConfig):
     nesterov: bool = True
-    top_k_percent: float = 10.0
-    gamma: float = 0.5
     knowledge: str = "auto"
     """A shipped knowledge base (``amos``, ``synapse``), a YAML path, or ``auto`` (the shipped base that
     names every class of the dataset)."""
@@ -74,20 +72,16 @@ class TAKConfig(MagicCubeConfig):
     entropy_ramp_epochs: float = 100
 
 
-@register("tak")
-class TAK(MagicNet):
-    title = "TAK"
-    # Bump when what this method computes changes (part of the run key). 3: the contrastive loss runs in
-    # fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there). 4: blending
-    # starts at a share of the budget (MagicNet 2).
-    version = "4"
+# Bump when what this method computes changes (part of the run key). 3: the contrastive loss runs in
+# fp32 under autocast too (version 2 computed its similarity matrix in bf16 / fp16 there). 4: blending
+# starts at a share of the budget (MagicNet 2).
+@register("tak", title="TAK", group="imbalance", version="4", config=TAKConfig)
+class TAK(GALosses, MagicNet):
     # 2: on an accelerator the dynamic head is block-diagonal, the contrastive loss dense and the voxel
     # sampler one sort (tak/model.py, tak/contrast.py): the same maths, another random stream.
     accelerator_version = "2"
     reference_selection = "tak"
     reference_augmentation = "none"
-    group = "imbalance"
-    Config = TAKConfig
     config: TAKConfig
     unsupervised_weight_field = "consistency"
     recovers_encoder_features = True  # the head's global image code needs the recovered x3..x5
@@ -147,13 +141,6 @@ class TAK(MagicNet):
     def contrast_active(self, step: int) -> bool:
         c = self.config
         return c.contrast and c.samples_per_class > 0 and self.reference_epoch(step) > c.contrast_start_epoch
-
-    # -- GA losses ----------------------------------------------------------------------------
-    def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ga_ce(logits, labels, self.config.top_k_percent, self.config.gamma)
-
-    def dice(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return ga_dice(probs, labels)
 
     # -- cube re-assembly with the encoder features the head needs ----------------------------
     def assemble_volumes(self, cube_tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:

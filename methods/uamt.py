@@ -31,12 +31,8 @@ class UAMTConfig(MeanTeacherConfig):
     uncertainty_passes: int = 8
 
 
-@register("uamt")
+@register("uamt", title="UA-MT", group="general", version="1", config=UAMTConfig)
 class UAMT(MeanTeacher):
-    title = "UA-MT"
-    version = "1"  # bump when what this method computes changes (part of the run key)
-    group = "general"
-    Config = UAMTConfig
     config: UAMTConfig
 
     def uncertainty(self, image_u: torch.Tensor) -> torch.Tensor:

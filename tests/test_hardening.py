@@ -107,8 +107,8 @@ def test_new_method_writes_the_title_as_text(tmp_path: Path, title: str) -> None
     module, test = create_method("my_fast", title, root=tmp_path)
     tree = ast.parse(module.read_text())
     ast.parse(test.read_text())
-    titles = [node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
-              and any(getattr(t, "id", "") == "title" for t in node.targets)]
+    titles = [keyword.value.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "id", "") == "register" for keyword in node.keywords if keyword.arg == "title"]
     assert titles == [title]
 
 

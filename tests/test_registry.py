@@ -50,3 +50,23 @@ def test_duplicate_name_rejected() -> None:
     from methods.supervised import Supervised
     with pytest.raises(ValueError, match="already registered"):
         registry.register("supervised")(type("Other", (Supervised,), {}))
+
+
+def test_builtin_methods_carry_their_header_in_register() -> None:
+    """Every built-in method declares title, group, version and config in ``@register(...)`` (one line
+    per method instead of a repeated five-line header), and each registered class has them."""
+    import ast
+    for module in registry.builtin_modules():
+        path = Path(registry.__file__).resolve().parent / f"{module}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(getattr(getattr(d, "func", None), "id", "") == "register"
+                                                      for d in node.decorator_list):
+                call = next(d for d in node.decorator_list if getattr(getattr(d, "func", None), "id", "") == "register")
+                assert {k.arg for k in call.keywords} == {"title", "group", "version", "config"}, module
+                assigned = {t.id for s in node.body if isinstance(s, ast.Assign) for t in s.targets
+                            if isinstance(t, ast.Name)}
+                assert not assigned & {"title", "group", "version", "Config"}, module
+    for name in registry.list_methods():
+        cls = registry.get_method(name)
+        assert cls.title and cls.group in ("lower-bound", "general", "imbalance", "fully") and cls.version
+        assert cls.Config is not None and cls.name == name

@@ -11,6 +11,8 @@ run over the whole batch (batch Dice), background included.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +67,26 @@ def ga_ce(logits: torch.Tensor, labels: torch.Tensor, top_k_percent: float = 10.
     weights = (counts + _EPS) ** (1 - gamma) * float(k) ** gamma
     per_class = torch.zeros(num_classes, dtype=loss.dtype, device=loss.device).index_add(0, kept_labels, kept)
     return (per_class / (weights + _EPS)).sum()
+
+
+@dataclass
+class GALossConfig:
+    """GA's loss settings, shared by GA and TAK (their configs inherit these fields)."""
+
+    top_k_percent: float = 10.0
+    """GACE keeps the hardest ``k`` % of the batch's voxels."""
+    gamma: float = 0.5
+    """GACE class normalisation: 0 = per-class mean, 1 = global mean."""
+
+
+class GALosses:
+    """Mixin for a MagicNet-family method: GACE as its supervised CE and GADice for every Dice term
+    (GA, and TAK, which builds on GA-MagicNet). Put it before ``MagicNet`` in the bases."""
+
+    config: GALossConfig
+
+    def supervised_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ga_ce(logits, labels, self.config.top_k_percent, self.config.gamma)
+
+    def dice(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ga_dice(probs, labels)
