@@ -13,6 +13,7 @@ from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
 from methods.common.urls import redact_urls
 from methods.registry import UnknownMethodError
+from mlflow_server.server import ServerError
 from reports.errors import NoRunsError  # not reports.queries: gpu-check runs without MLflow
 
 REPORT_TABLES = {"table1": 1, "table2": 2, "table3": 3, "table4": 4}
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (OrganbenchError, UnknownMethodError, NoRunsError) as exc:
+    except (OrganbenchError, UnknownMethodError, NoRunsError, ServerError) as exc:
         print(f"error: {redact_urls(str(exc))}", file=sys.stderr)
         return 2
     except Interrupted as exc:

@@ -15,6 +15,8 @@ draws one bar per running cell under the bar over the cells (a worker's own outp
 """
 from __future__ import annotations
 
+import socket
+
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,6 +151,23 @@ def _check_tracking_for_cluster(uri: str, nodes: int) -> None:
                             "(make mlflow, or --start-server) and set MLFLOW_TRACKING_URI to its URL")
 
 
+def _check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A one-line ConfigError when ``address`` (``host:port`` of a Ray cluster's head, or ``auto``) does not
+    accept a connection within ``timeout_s``: ``ray.init`` would otherwise wait for minutes and ignore
+    SIGTERM, with the launch RUNNING."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ConfigError(f"--address {address[:80]!r}: expected host:port of a Ray head (ray start --head prints it)") from None
+    except OSError as exc:
+        raise ConfigError(f"--address {address[:80]}: no Ray head answers there ({exc.strerror or type(exc).__name__}); "
+                          "start one with `ray start --head` or leave --address out for a local instance") from None
+
+
 def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, max_retries: int = 2,
                local_cpus: int | None = None) -> list[dict[str, Any]]:
     """Submit every unfinished cell of ``launch`` as a Ray task and wait for them all.
@@ -162,6 +181,8 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
     from tqdm import tqdm
 
     from benchmarks.runner import say
+    if address and not ray.is_initialized():
+        _check_ray_address(address)
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)

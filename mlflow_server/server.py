@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,17 @@ def _running_pid(config: ServerConfig) -> int | None:
     return _verified_pid(config)
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (nothing listens there)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
     """Start the server (if not running) and wait for /health; returns its URL."""
     config.root.mkdir(parents=True, exist_ok=True)
@@ -130,6 +142,9 @@ def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
     if healthy(config.url):
         raise ServerError(f"{config.url} already answers but was not started from {config.pid_file}; "
                           "choose another port (MLFLOW_PORT=...)")
+    if not _port_free(config.host, config.port):
+        raise ServerError(f"port {config.port} on {config.host} is in use by another program (not an MLflow server "
+                          "started here); choose another port (MLFLOW_PORT=... or --server-port)")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", config.backend,
                "--artifacts-destination", str(config.artifacts), "--host", config.host,
                "--port", str(config.port), "--workers", str(config.workers)]

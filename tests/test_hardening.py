@@ -293,3 +293,40 @@ def test_cli_paths_with_faults_end_in_one_line_never_a_traceback(fault: str, tmp
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert set(Path(__file__).resolve().parents[1].glob("reports/out/*")) == before
     assert not (tmp_path.parent / "x").exists()
+
+
+def test_intensity_window_of_zero_width_is_refused(cohort_copy: Path) -> None:
+    """lo >= hi trained on constant (or NaN) images and FINISHED; now the dataset is refused."""
+    meta_path = cohort_copy / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta["intensity_window"] = [275.0, 275.0]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="intensity_window must be \\[low, high\\] with finite low < high"):
+        load_dataset(cohort_copy)
+
+
+def test_start_server_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    """A port held by another program: one line naming it, no server process left behind."""
+    import socket
+    from mlflow_server.server import ServerError, start
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = ServerConfig(port=port, root=tmp_path)
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use by another program"):
+            start(config, wait_s=5)
+    assert not config.pid_file.exists()
+
+
+def test_ray_address_that_does_not_answer_fails_fast() -> None:
+    """``--launcher ray --address`` at a closed port: a one-line error within seconds (ray.init used to
+    wait for minutes, ignoring SIGTERM)."""
+    import time
+    from benchmarks.launchers import _check_ray_address
+    started = time.time()
+    with pytest.raises(ConfigError, match="no Ray head answers there"):
+        _check_ray_address("127.0.0.1:9", timeout_s=2)
+    with pytest.raises(ConfigError, match="expected host:port"):
+        _check_ray_address("nowhere")
+    assert time.time() - started < 10

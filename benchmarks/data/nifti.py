@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def load_dataset(root: str | Path) -> DatasetInfo:
         if unknown:
             raise DatasetError(f"{path}: large_organs names unknown classes {unknown}")
         window = tuple(float(v) for v in meta.get("intensity_window", (-125.0, 275.0)))
+        if len(window) != 2 or not all(math.isfinite(v) for v in window) or not window[0] < window[1]:
+            raise DatasetError(f"{path}: intensity_window must be [low, high] with finite low < high, got "
+                               f"{list(window)} (a window of zero width trains on constant images)")
         norm = meta.get("intensity_norm", "fixed")
         if norm not in ("fixed", "minmax"):
             raise DatasetError(f"{path}: intensity_norm must be 'fixed' or 'minmax', got {norm!r}")
