@@ -10,8 +10,9 @@ DATA ?=
 MLFLOW_PORT ?= 5000
 DATA_ARG = $(if $(DATA),--data $(DATA))
 LAUNCHER ?= sequential
+RUN_FLAGS ?=
 RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(DATA_ARG) \
-	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS))
+	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS)) $(RUN_FLAGS)
 
 .PHONY: setup test test-fast bench list-methods new-method clean-reports mlflow mlflow-stop mlflow-status \
 	table1 table2 table3 table4 table6 fig1 fig6 index reports \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -78,10 +79,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                          keep_checkpoints=args.keep_checkpoints, wait=args.wait, retry_diverged=args.retry_diverged)
     dispatch = None
     if args.launcher == "ray":
-        import functools
-
         from benchmarks.launchers import run_on_ray
         dispatch = functools.partial(run_on_ray, address=args.address, max_retries=args.max_retries)
+    elif args.launcher == "slurm":
+        from benchmarks.slurm import run_on_slurm
+        if args.slurm_time_min < 1:
+            raise ConfigError(f"--slurm-time-min {args.slurm_time_min}: a job needs at least one minute")
+        dispatch = functools.partial(run_on_slurm, folder=args.slurm_folder, partition=args.slurm_partition,
+                                     time_min=args.slurm_time_min, local=args.slurm_local)
     results = runner.run(dispatch)
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "diverged", "failed")}
     line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
@@ -312,8 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "(and take them over if it dies) instead of skipping them")
     run.add_argument("--retry-diverged", action="store_true", help="train again the cells whose run diverged "
                      "(non-finite loss); by default such a cell counts as done, as it would diverge again")
-    run.add_argument("--launcher", choices=["sequential", "ray"], default="sequential",
-                     help="sequential (this process) or ray (one Ray task per cell)")
+    run.add_argument("--launcher", choices=["sequential", "ray", "slurm"], default="sequential",
+                     help="sequential (this process), ray (one Ray task per cell) or slurm (one Slurm job per "
+                          "cell, through submitit)")
+    run.add_argument("--slurm-partition", help="--launcher slurm: the partition (default: the cluster's)")
+    run.add_argument("--slurm-time-min", type=int, default=24 * 60,
+                     help="--launcher slurm: each job's time limit in minutes (a job that reaches it is requeued "
+                          "and resumes from its checkpoint)")
+    run.add_argument("--slurm-folder", help="--launcher slurm: job scripts and logs (default checkpoints/slurm)")
+    run.add_argument("--slurm-local", action="store_true",
+                     help="--launcher slurm: run the jobs as local subprocesses (submitit's local executor)")
     run.add_argument("--address", help="--launcher ray: an existing Ray cluster (default: a local instance)")
     run.add_argument("--max-retries", type=int, default=2,
                      help="--launcher ray: re-runs of a cell whose worker died (it resumes from its checkpoint)")

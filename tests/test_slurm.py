@@ -1,0 +1,82 @@
+"""``--launcher slurm`` with submitit's local executor (the same jobs as subprocesses): every cell of a
+smoke study trained exactly once, and a cell whose job was killed resumes from its checkpoint."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("submitit")
+
+from test_run_integrity import finish, launch, long_study, runs_of, store, test_metrics  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def slurm_args(study: str, cohort: Path, folder: Path) -> list[str]:
+    return ["run", study, "--profile", "smoke", "--data", str(cohort), "--no-progress", "--launcher", "slurm",
+            "--slurm-local", "--slurm-folder", str(folder), "--slurm-time-min", "10"]
+
+
+def test_slurm_local_trains_every_cell_once_with_the_sequential_numbers(tiny_cohort: Path, tmp_path: Path) -> None:
+    """Two cells as two jobs: both FINISHED under one launch; a second launch trains nothing; the
+    numbers equal those of the sequential launcher on another store."""
+    study = long_study(tmp_path, budget=12, methods=["supervised", "mean_teacher"])
+    env = store(tmp_path, "slurm")
+    code, out, err = finish(launch(slurm_args(study, tiny_cohort, tmp_path / "jobs"), env))
+    assert code == 0, err[-2000:]
+    assert "[slurm] 2 job(s) submitted (local executor)" in out and "2 trained" in out
+    runs = runs_of(env)
+    cells = runs[runs["tags.run_key"].notna()]
+    assert sorted(cells["tags.method"]) == ["mean_teacher", "supervised"] and set(cells["status"]) == {"FINISHED"}
+    code, out, _ = finish(launch(slurm_args(study, tiny_cohort, tmp_path / "jobs"), env))
+    assert code == 0 and "0 run(s) trained, 2 already finished" in out
+    assert len(runs_of(env)) == len(runs)  # nothing new
+    sequential = store(tmp_path, "sequential")
+    code, _, err = finish(launch(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"],
+                                 sequential))
+    assert code == 0, err[-2000:]
+    ours, theirs = runs_of(env), runs_of(sequential)
+    for method in ("supervised", "mean_teacher"):
+        assert test_metrics(ours[ours["tags.method"] == method]) == test_metrics(theirs[theirs["tags.method"] == method])
+
+
+def _job_processes(folder: Path) -> list[int]:
+    """Pids of the local executor's job processes (their command line names the job folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "submitit" in command and str(folder) in command:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: Path) -> None:
+    """The job is SIGKILLed after its first checkpoint: that launch reports the cell failed (exit 2, no
+    traceback); the next launch takes the dead claim over and resumes the cell from the checkpoint."""
+    study = long_study(tmp_path)
+    env = store(tmp_path, "killed")
+    checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
+    folder = tmp_path / "jobs"
+    process = launch(slurm_args(study, tiny_cohort, folder), env)
+    deadline = time.time() + 180
+    while not any(checkpoints.glob("*/checkpoint.pt")):
+        assert time.time() < deadline and process.poll() is None, "no checkpoint before the job ended"
+        time.sleep(0.05)
+    for pid in _job_processes(folder):
+        os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(process)
+    assert code == 2 and "Traceback" not in err and "1 failed" in out, (out[-1500:], err[-1500:])
+    code, out, err = finish(launch(slurm_args(study, tiny_cohort, folder), env))
+    assert code == 0, err[-2000:]
+    runs = runs_of(env)
+    cells = runs[runs["tags.run_key"].notna()]
+    finished = cells[cells["status"] == "FINISHED"]
+    assert len(finished) == 1 and int(finished["tags.resumed_from_step"].iloc[0]) >= 5
