@@ -46,6 +46,8 @@ class Profile:
     # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
     warmup_fraction: float = 0.0  # share of the budget over which every method's rate ramps up linearly
     # before its poly decay (benchmarks.training.train); 0: the references' schedule. In the run key.
+    prefetch_batches: int = 0  # batches prepared ahead on a background thread (benchmarks/prefetch.py;
+    # bit-identical batches, so not part of the run key); 0: drawn on the training thread
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
     gpus_per_cell: float = 0.0
 
@@ -130,6 +132,8 @@ def load_profile(name: str) -> Profile:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
     if not profile.lr_scale > 0:
         raise ConfigError(f"{PROFILES_FILE}:{name}: lr_scale {profile.lr_scale!r} must be positive")
+    if not 0 <= profile.prefetch_batches <= 8:
+        raise ConfigError(f"{PROFILES_FILE}:{name}: prefetch_batches {profile.prefetch_batches!r} must be in [0, 8]")
     if not 0 <= profile.warmup_fraction < 1:
         raise ConfigError(f"{PROFILES_FILE}:{name}: warmup_fraction {profile.warmup_fraction!r} must be in [0, 1)")
     from benchmarks.selection import RULES

@@ -27,7 +27,8 @@ from methods.common.kernels import run_key_versions
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
 # lr_scale is in the key through the scaled ``method_config.lr`` it produces
-NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale")
+NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale",
+              "prefetch_batches")
 
 
 def resolve_method_config(cls: type[Method], profile: Profile, study: Study | None = None, name: str = "",

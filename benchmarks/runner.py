@@ -34,6 +34,7 @@ from benchmarks.evaluation import evaluate, summarize
 from benchmarks.inference import window_count
 from benchmarks.interrupt import Interrupted, StopSignals
 from benchmarks.plan import Cell, StudyPlan
+from benchmarks.prefetch import PrefetchingSampler
 from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, setup_tracking
 from benchmarks import selection
 from benchmarks.selection import Selector
@@ -357,6 +358,8 @@ class StudyRunner:
         method.observe_data([c.label for c in labeled_cases], per_epoch)
         sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, profile.labeled_batch, profile.unlabeled_batch,
                                    profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation)
+        if profile.prefetch_batches:
+            sampler = PrefetchingSampler(sampler, profile.prefetch_batches)
         prepare_precision(method, profile.precision)
         rule = cell.selection
         eval_cases = self.cases(self.splits["eval"]) if rule.best_on_eval else []
@@ -406,6 +409,9 @@ class StudyRunner:
                       after_step=after_step, warmup_fraction=profile.warmup_fraction)
         except StopRequested as stop:
             raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
+        finally:
+            if isinstance(sampler, PrefetchingSampler):
+                sampler.close()
         if profile.checkpoint_every and start_step < cell.iterations:
             on_checkpoint(cell.iterations)  # an interrupted evaluation then does not train again
         train_time = train_before + time.time() - train_start

@@ -123,6 +123,8 @@ class TwoStreamSampler:
                 labels.append(np.ascontiguousarray(label))
         x = torch.from_numpy(np.stack(images)[:, None]) if images else torch.zeros((0, 1, *self.patch))
         y = torch.from_numpy(np.stack(labels).astype(np.int64)) if labels else torch.zeros((0, *self.patch), dtype=torch.long)
+        if torch.device(self.device).type == "cuda":  # pinned pages: the copy overlaps the running step
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
     def next(self) -> Batch:

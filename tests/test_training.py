@@ -104,3 +104,25 @@ def test_warmup_ramps_the_rate_then_decays_to_zero_at_the_budget() -> None:
     assert rates[:2] == pytest.approx([0.05, 0.1 * (1 - 1 / 8) ** 0.9])
     assert rates[2:] == pytest.approx([0.1 * (1 - s / 8) ** 0.9 for s in range(2, 8)])
     assert method.optimizers[0].param_groups[0]["lr"] == pytest.approx(rates[-1])
+
+
+def test_prefetched_batches_and_states_equal_the_plain_sampler() -> None:
+    """Prefetching draws the same batches in the same order, and its state resumes with the very next
+    batch (a checkpoint taken while batches are prefetched loses none and repeats none)."""
+    from benchmarks.prefetch import PrefetchingSampler
+    pools = (cases(3, (20, 24, 18)), cases(5, (20, 24, 18), offset=10))
+    plain = TwoStreamSampler(*pools, 2, 2, (16, 16, 16), seed=7, augmentation="flip_xy")
+    ahead = PrefetchingSampler(TwoStreamSampler(*pools, 2, 2, (16, 16, 16), seed=7, augmentation="flip_xy"), depth=3)
+    for _ in range(4):
+        a, b = plain.next(), ahead.next()
+        assert torch.equal(a.image_l, b.image_l) and torch.equal(a.label_l, b.label_l) and torch.equal(a.image_u, b.image_u)
+    saved = ahead.state()
+    assert saved == plain.state()
+    expected = [plain.next() for _ in range(3)]
+    resumed = PrefetchingSampler(TwoStreamSampler(*pools, 2, 2, (16, 16, 16), seed=99, augmentation="flip_xy"))
+    resumed.load_state(saved)
+    for batch in expected:
+        assert torch.equal(resumed.next().image_u, batch.image_u)
+    ahead.close()
+    resumed.close()
+    assert resumed.state() == plain.state()
