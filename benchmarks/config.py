@@ -46,6 +46,8 @@ class Profile:
     # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
     warmup_fraction: float = 0.0  # share of the budget over which every method's rate ramps up linearly
     # before its poly decay (benchmarks.training.train); 0: the references' schedule. In the run key.
+    channels_last: bool = False  # networks and image batches in torch.channels_last_3d (faster cuDNN
+    # kernels on a GPU; the same outputs to float rounding, tests/test_channels_last.py); in the run key
     prefetch_batches: int = 0  # batches prepared ahead on a background thread (benchmarks/prefetch.py;
     # bit-identical batches, so not part of the run key); 0: drawn on the training thread
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)

@@ -39,7 +39,7 @@ from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, s
 from benchmarks import selection
 from benchmarks.selection import Selector
 from benchmarks.training import (StopRequested, TrainingDiverged, TwoStreamSampler, compute_environment,
-                                 prepare_precision, seed_everything, train)
+                                 prepare_precision, seed_everything, to_channels_last, train)
 from methods.base import Method
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
@@ -357,7 +357,10 @@ class StudyRunner:
         method.num_unlabeled_cases = len(unlabeled_cases)
         method.observe_data([c.label for c in labeled_cases], per_epoch)
         sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, profile.labeled_batch, profile.unlabeled_batch,
-                                   profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation)
+                                   profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation,
+                                   profile.channels_last)
+        if profile.channels_last:
+            to_channels_last(method)
         if profile.prefetch_batches:
             sampler = PrefetchingSampler(sampler, profile.prefetch_batches)
         prepare_precision(method, profile.precision)

@@ -17,6 +17,13 @@ from methods.base import Batch, Method
 from methods.common.ramps import warmup_poly_lr
 
 
+def to_channels_last(method: Method) -> None:
+    """Every network of ``method`` in ``torch.channels_last_3d`` (5-D weights; others unchanged), its
+    optimisers' state included (a resumed or freshly built method alike)."""
+    for module in method.modules().values():
+        module.to(memory_format=torch.channels_last_3d)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -80,7 +87,7 @@ class TwoStreamSampler:
 
     def __init__(self, labeled: Sequence[Case], unlabeled: Sequence[Case], labeled_bs: int, unlabeled_bs: int,
                  patch: Sequence[int], seed: int, policy: str = "two_stream", device: str = "cpu",
-                 augmentation: str = "none") -> None:
+                 augmentation: str = "none", channels_last: bool = False) -> None:
         if not labeled:
             raise ValueError("no labeled cases to train on")
         if policy not in ("two_stream", "labeled_only", "all_labeled"):
@@ -88,6 +95,7 @@ class TwoStreamSampler:
         if augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}; known: {sorted(AUGMENTATIONS)}")
         self.augmentation = augmentation
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         if policy == "two_stream" and unlabeled_bs and not unlabeled:
             raise ValueError("the method needs unlabeled cases but the split has none")
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
@@ -124,8 +132,10 @@ class TwoStreamSampler:
         x = torch.from_numpy(np.stack(images)[:, None]) if images else torch.zeros((0, 1, *self.patch))
         y = torch.from_numpy(np.stack(labels).astype(np.int64)) if labels else torch.zeros((0, *self.patch), dtype=torch.long)
         if torch.device(self.device).type == "cuda":  # pinned pages: the copy overlaps the running step
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x, y = x.to(self.device), y.to(self.device)
+        return x.contiguous(memory_format=self.memory_format), y
 
     def next(self) -> Batch:
         image_l, label_l = self._crops(self.labeled, self._labeled_ids, self.labeled_bs, True)

@@ -13,7 +13,7 @@ from benchmarks.data.synthetic import SyntheticAbdomen, write_cohort
 # elsewhere carry @pytest.mark.slow.
 SLOW_MODULES = frozenset({"test_ray", "test_mlflow_server", "test_mlflow_postgres", "test_run_integrity",
                           "test_reports", "test_ablation", "test_realdata", "test_new_method", "test_cli",
-                          "test_reliability"})
+                          "test_reliability", "test_channels_last"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
