@@ -16,15 +16,16 @@ import torch
 from benchmarks.training import to_channels_last
 from methods import Batch, get_method, list_methods
 
-PATCH = (32, 32, 32)
+PATCH, CUBE_PATCH = (16, 16, 16), (32, 32, 32)  # the magic-cube methods need two cubes of 16 x 32 x 32
 
 
 def _run(name: str, channels_last: bool) -> tuple[list[float], torch.Tensor]:
     cls = get_method(name)
     cube = "cube_grid" in {f.name for f in dataclasses.fields(cls.Config)}
     overrides = {"cube_grid": (2, 1, 1), "location_hidden": 32} if cube else {}
+    patch = CUBE_PATCH if cube else PATCH
     torch.manual_seed(0)
-    method = cls(cls.Config(base_filters=4, **overrides), 4, max_iterations=10, patch=PATCH,
+    method = cls(cls.Config(base_filters=4, **overrides), 4, max_iterations=10, patch=patch,
                  class_names=["background", "spleen", "right_kidney", "left_kidney"])
     method.observe_data([np.random.default_rng(i).integers(0, 4, (20, 20, 20)) for i in range(2)], 5)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -33,12 +34,12 @@ def _run(name: str, channels_last: bool) -> tuple[list[float], torch.Tensor]:
     losses = []
     for step in range(2):
         g = torch.Generator().manual_seed(step)
-        batch = Batch(torch.rand(2, 1, *PATCH, generator=g).contiguous(memory_format=fmt),
-                      torch.randint(0, 4, (2, *PATCH), generator=g),
-                      torch.rand(2, 1, *PATCH, generator=g).contiguous(memory_format=fmt))
+        batch = Batch(torch.rand(2, 1, *patch, generator=g).contiguous(memory_format=fmt),
+                      torch.randint(0, 4, (2, *patch), generator=g),
+                      torch.rand(2, 1, *patch, generator=g).contiguous(memory_format=fmt))
         torch.manual_seed(100 + step)
         losses.append(float(method.train_step(batch, step)["loss"]))
-    x = torch.rand(1, 1, *PATCH, generator=torch.Generator().manual_seed(5)).contiguous(memory_format=fmt)
+    x = torch.rand(1, 1, *patch, generator=torch.Generator().manual_seed(5)).contiguous(memory_format=fmt)
     return losses, method.predict(x)
 
 
