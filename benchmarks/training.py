@@ -18,8 +18,9 @@ from methods.common.ramps import warmup_poly_lr
 
 
 def to_channels_last(method: Method) -> None:
-    """Every network of ``method`` in ``torch.channels_last_3d`` (5-D weights; others unchanged), its
-    optimisers' state included (a resumed or freshly built method alike)."""
+    """Every network of ``method`` in ``torch.channels_last_3d`` (5-D weights; others unchanged). Call it
+    before the first step and before loading a checkpoint: SGD creates its momentum buffers like the
+    parameters, and ``load_state_dict`` copies saved values into the converted parameters."""
     for module in method.modules().values():
         module.to(memory_format=torch.channels_last_3d)
 
