@@ -1,6 +1,6 @@
 """Speed targets, measured with pytest-benchmark (``make bench``); in ``make test`` each runs once.
 
-Sizes are the ``cpu`` profile's: a V-Net (nf 16) train step on 2+2 crops of 32^3, sliding-window
+Sizes are the ``cpu`` profile's: a V-Net (nf 16) train step on 2+2 crops of the profile's patch, sliding-window
 inference of one 64x64x48 case, and the ``dhc`` metrics of one case.
 """
 from __future__ import annotations
