@@ -30,34 +30,19 @@ from typing import Any
 from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
-from benchmarks.errors import ConfigError
-
-
-def _env_seconds(name: str, default: float) -> float:
-    """``$name`` as seconds (default ``default``); a value that is not a positive finite number is a
-    one-line ConfigError naming the variable (it used to fall back to the default silently)."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < 86_400:
-        raise ConfigError(f"{name}={raw[:40]!r}: expected a number of seconds in [0, 86400)")
-    return value
+from benchmarks.config import env_seconds
 
 
 def heartbeat_s() -> float:
-    return _env_seconds("ORGANBENCH_HEARTBEAT_S", 30.0)
+    return env_seconds("ORGANBENCH_HEARTBEAT_S", 30.0)
 
 
 def stale_after_s() -> float:
-    return _env_seconds("ORGANBENCH_STALE_AFTER_S", 300.0)
+    return env_seconds("ORGANBENCH_STALE_AFTER_S", 300.0)
 
 
 def settle_s() -> float:
-    return _env_seconds("ORGANBENCH_CLAIM_SETTLE_S", 1.0)
+    return env_seconds("ORGANBENCH_CLAIM_SETTLE_S", 1.0)
 
 
 def _boot_id() -> str:

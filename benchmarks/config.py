@@ -220,6 +220,26 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def env_seconds(name: str, default: float, low: float = 0.0, high: float = 86_400.0, low_inclusive: bool = True) -> float:
+    """``$name`` as a number of seconds in ``[low, high)`` (``(low, high)`` without ``low_inclusive``),
+    ``default`` when unset or empty; anything else is a one-line ConfigError naming the variable.
+
+    >>> env_seconds("ORGANBENCH_NOT_SET_ANYWHERE", 5.0)
+    5.0
+    """
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not ((value >= low if low_inclusive else value > low) and value < high):
+        interval = f"{'[' if low_inclusive else '('}{low:g}, {high:g})"
+        raise ConfigError(f"{name}={raw[:40]!r}: expected seconds in {interval}")
+    return value
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store ``mlruns/mlflow.db``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

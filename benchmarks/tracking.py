@@ -18,9 +18,9 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from benchmarks.config import PROJECT_ROOT, tracking_uri
+from benchmarks.config import PROJECT_ROOT, env_seconds, tracking_uri
 from benchmarks.errors import TrackingError
-from methods.common.urls import public_url
+from methods.common.urls import public_url, redact_urls
 
 os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per artifact read by the reports
@@ -52,15 +52,8 @@ TRACKING_SCHEMES = frozenset({"http", "https", "sqlite", "postgresql", "mysql", 
 
 
 def tracking_timeout_s() -> float:
-    """``$ORGANBENCH_TRACKING_TIMEOUT_S`` (default 5): a positive number of seconds, else a one-line error."""
-    raw = os.environ.get("ORGANBENCH_TRACKING_TIMEOUT_S", "5")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 3600:
-        raise TrackingError(f"ORGANBENCH_TRACKING_TIMEOUT_S={raw[:40]!r}: expected seconds in (0, 3600)")
-    return value
+    """``$ORGANBENCH_TRACKING_TIMEOUT_S``: seconds in (0, 3600), default 5 (a one-line error otherwise)."""
+    return env_seconds("ORGANBENCH_TRACKING_TIMEOUT_S", 5.0, 0.0, 3600.0, low_inclusive=False)
 
 
 def _probe_server(uri: str) -> None:
@@ -81,7 +74,7 @@ def _probe_server(uri: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) did not answer within "
-                            f"{timeout:g} s ({public_url(str(reason))[:200] if '://' in str(reason) else reason}); "
+                            f"{timeout:g} s ({redact_urls(str(reason))[:200]}); "
                             f"start it (make mlflow) or unset MLFLOW_TRACKING_URI to use the embedded store") from None
     if body != b"OK":
         raise TrackingError(f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) answered /health with "
