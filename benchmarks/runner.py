@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from benchmarks.checkpoint import CheckpointStore, TrainingState, rng_state, set_rng_state
-from benchmarks.claims import Busy, Finished, Heartbeat, acquire, retire_stale, staleness
+from benchmarks.claims import Busy, Claimed, Finished, Heartbeat, acquire, retire_stale, staleness
 from benchmarks.config import Profile, Study
 from benchmarks.cost import FLOPS_CONVENTION, forward_gflops, params_millions
 from benchmarks.data import Case, read_case
@@ -298,7 +298,16 @@ class StudyRunner:
                  heartbeat: Heartbeat | None = None, signals: StopSignals | None = None) -> dict[str, Any]:
         """Claim, train (resuming from a checkpoint when there is one), evaluate and log one cell."""
         run_name = f"{cell.method}-seed{cell.seed}" + (f"-it{cell.iterations}" if self.study.budget_scales else "")
-        claim = acquire(self.client, experiment_id, cell.run_key, run_name, self.run_tags(cell), parent_id)
+        signals = signals or StopSignals()
+        with signals.deferred():  # a signal while the claim is made: the claim completes, then is KILLED
+            claim = acquire(self.client, experiment_id, cell.run_key, run_name, self.run_tags(cell), parent_id)
+        if signals.should_stop():
+            stop = Interrupted(signals.signum or 15, " while claiming the cell")
+            if isinstance(claim, Claimed):
+                claimed = RunLog(claim.run_id, self.client)
+                claimed.tags({"killed_reason": f"{stop.name} received{stop.detail}"})
+                claimed.end(KILLED)
+            raise stop
         if isinstance(claim, Finished):
             say(f"[skip] {cell.name}: finished run {claim.run_id} has run_key {cell.run_key}")
             return self._outcome(cell, "finished", claim.run_id)
@@ -310,7 +319,7 @@ class StudyRunner:
         if heartbeat is not None:
             heartbeat.track(log.run_id)
         try:
-            summary, wall = self._train_and_evaluate(cell, log, signals or StopSignals())
+            summary, wall = self._train_and_evaluate(cell, log, signals)
         except Interrupted as exc:
             log.tags({"killed_reason": f"{exc.name} received{exc.detail}"})
             log.end(KILLED)

@@ -6,6 +6,7 @@ import ast
 import contextlib
 import json
 import os
+import signal
 import http.server
 import subprocess
 import threading
@@ -330,3 +331,34 @@ def test_ray_address_that_does_not_answer_fails_fast() -> None:
     with pytest.raises(ConfigError, match="expected host:port"):
         _check_ray_address("nowhere")
     assert time.time() - started < 10
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_cell_is_claimed_leaves_no_run_running(tiny_cohort: Path, mlflow_store: str,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture, signum: int) -> None:
+    """The signal arrives between the claim run's creation and the claim's check (it stayed RUNNING):
+    the claim completes, its run and the launch are KILLED with the reason, one line, exit 128 + signal,
+    no iteration trained (no checkpoint)."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+    from benchmarks import claims
+    from benchmarks.cli import main
+    import sys
+
+    def settle_then_signal() -> float:  # called by acquire() after it created the claim run
+        if sys._getframe(1).f_code.co_name == "acquire":
+            os.kill(os.getpid(), signum)
+        return 0.0
+    monkeypatch.setattr(claims, "settle_s", settle_then_signal)
+    code = main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 128 + signum and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] and signal.Signals(signum).name in err
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], run_view_type=ViewType.ALL)
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], err  # the cell and its launch
+    cell = next(r for r in runs if "run_key" in r.data.tags)
+    assert "while claiming" in cell.data.tags["killed_reason"]
+    assert not list(Path(os.environ["ORGANBENCH_CHECKPOINT_DIR"]).glob("*/checkpoint.pt"))
