@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks import tak_cli
+from benchmarks import model_cli, tak_cli
+from benchmarks.cli_values import csv_list as _csv, seed_list as _seeds  # noqa: F401 (names used below)
 from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
@@ -18,26 +19,6 @@ from mlflow_server.server import ServerError
 from reports.errors import NoRunsError  # not reports.queries: gpu-check runs without MLflow
 
 REPORT_TABLES = {"table1": 1, "table2": 2, "table3": 3, "table4": 4}
-
-
-def _csv(value: str | None) -> list[str] | None:
-    """``"a,b,a"`` -> ``["a", "b"]`` (order kept, repeats dropped); None or blank -> None."""
-    if value is None or value.strip() == "":
-        return None
-    return list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-
-
-def _seeds(value: str | None) -> list[int] | None:
-    """``--seeds`` as distinct non-negative integers; anything else is a ConfigError naming the flag."""
-    items = _csv(value)
-    if items is None:
-        return None
-    seeds = []
-    for item in items:
-        if not item.isdigit():
-            raise ConfigError(f"--seeds: {item!r} is not a non-negative integer (expected e.g. --seeds 0,1,2)")
-        seeds.append(int(item))
-    return list(dict.fromkeys(seeds))
 
 
 def cmd_list_methods(args: argparse.Namespace) -> int:
@@ -138,7 +119,7 @@ def output_folder(path: Path) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.tracking import setup_tracking
     from reports.tables import render_dice_tables
-    study, profile = load_study(args.study), load_profile(args.profile)
+    study, profile = model_cli.with_protocol(load_study(args.study), args.protocol), load_profile(args.profile)
     cells = study_cells(study, profile, args.data, _csv(args.methods))
     setup_tracking()
     out = output_folder(Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study)
@@ -337,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="render a study's tables from MLflow")
     report.add_argument("study")
     report.add_argument("--profile", default="cpu")
+    report.add_argument("--protocol", help="the metric protocol of the evaluations shown (default: the study's; "
+                        "others come from `evaluate --protocol`)")
     report.add_argument("--out", help="output folder (default reports/out/STUDY)")
     report.add_argument("--data", help="the prepared dataset folder the runs used (as for run)")
     report.add_argument("--methods", help="also render these methods' cells at the study's seeds (e.g. a method "
@@ -387,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="AMOS: ga (default) or dhc; Synapse: dhc (default) or resize")
     prepare.add_argument("--dst", help="output folder (default datasets/<dataset>/prepared)")
     prepare.set_defaults(func=cmd_data_prepare)
+    model_cli.add_parsers(sub)
     tak_cli.add_parser(sub)
     return parser
 

@@ -50,6 +50,8 @@ class Profile:
     # kernels on a GPU; the same outputs to float rounding, tests/test_channels_last.py); in the run key
     prefetch_batches: int = 0  # batches prepared ahead on a background thread (benchmarks/prefetch.py;
     # bit-identical batches, so not part of the run key); 0: drawn on the training thread
+    save_predictions: bool = False  # keep each evaluation's test label maps (predictions/*.nii.gz in the
+    # run; what `make fig4` draws); not part of any key
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
     gpus_per_cell: float = 0.0
 

@@ -22,21 +22,33 @@ def predict_case(method: Method, case: Case, patch: Sequence[int], stride: Seque
     return class_argmax(probs)[0].cpu().numpy().astype(np.uint8)
 
 
-def evaluate(method: Method, cases: Sequence[Case], info: DatasetInfo, patch: Sequence[int],
-             stride: Sequence[int], protocol: Protocol, progress: bool = False,
-             description: str = "evaluate") -> pd.DataFrame:
+def case_predictions(method: Method, cases: Sequence[Case], patch: Sequence[int], stride: Sequence[int],
+                     progress: bool = False, description: str = "evaluate") -> list[np.ndarray]:
+    """The label map ``(X, Y, Z)`` uint8 of every case (:func:`predict_case`), in order."""
+    return [predict_case(method, case, patch, stride)
+            for case in tqdm(cases, desc=description, disable=not progress, leave=False, position=1, unit="case",
+                             dynamic_ncols=True)]
+
+
+def tidy_metrics(predictions: Sequence[np.ndarray], cases: Sequence[Case], info: DatasetInfo,
+                 protocol: Protocol) -> pd.DataFrame:
     """Tidy per-case table: ``case_id, organ, dice, asd, hd95, hd, nsd, pred_voxels`` (one row per case
     and foreground class; ``pred_voxels`` counts the case's predicted foreground voxels, 0 for an
     all-background prediction, whose ASD the reference rule sets to 0)."""
     rows = []
-    for case in tqdm(cases, desc=description, disable=not progress, leave=False, position=1, unit="case",
-                     dynamic_ncols=True):
-        pred = predict_case(method, case, patch, stride)
+    for pred, case in zip(predictions, cases):
         metrics = case_metrics(pred, case.label, info.num_classes, protocol, case.spacing)
         foreground = int(np.count_nonzero(pred))
         rows += [{"case_id": case.case_id, "organ": organ, **{m: float(metrics[m][i]) for m in METRICS},
                   "pred_voxels": foreground} for i, organ in enumerate(info.organs)]
     return pd.DataFrame(rows)
+
+
+def evaluate(method: Method, cases: Sequence[Case], info: DatasetInfo, patch: Sequence[int],
+             stride: Sequence[int], protocol: Protocol, progress: bool = False,
+             description: str = "evaluate") -> pd.DataFrame:
+    """:func:`tidy_metrics` of :func:`case_predictions`."""
+    return tidy_metrics(case_predictions(method, cases, patch, stride, progress, description), cases, info, protocol)
 
 
 def summarize(per_case: pd.DataFrame, info: DatasetInfo) -> dict[str, float]:

@@ -180,7 +180,7 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
     import ray
     from tqdm import tqdm
 
-    from benchmarks.runner import say
+    from benchmarks.run_record import say
     if address and not ray.is_initialized():
         _check_ray_address(address)
     if not ray.is_initialized():

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from benchmarks import HARNESS_VERSION
 from benchmarks.config import Profile, Study, check_seeds, config_hash
@@ -28,7 +28,20 @@ from methods.common.kernels import run_key_versions
 # Profile fields that do not change a run's numbers (kept out of the run key).
 # lr_scale is in the key through the scaled ``method_config.lr`` it produces
 NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale",
-              "prefetch_batches")
+              "prefetch_batches", "save_predictions")
+
+
+# Profile fields that only the evaluation stage reads (in the run key, not in the training key).
+EVALUATION_ONLY = ("eval_stride", "max_test_cases")
+
+
+def build_method(name: str, config: dict[str, Any], num_classes: int, class_names: Sequence[str] | None,
+                 iterations: int, device: str = "cpu", patch: Sequence[int] | None = None) -> Method:
+    """Method ``name`` with the resolved configuration ``config`` (plain values, as logged) for a
+    dataset of ``num_classes`` classes, a budget of ``iterations`` and training ``patch`` (x, y, z)."""
+    cls = get_method(name)
+    return cls(cls.resolve_config(config, f"{name} configuration"), num_classes, iterations, device=device,
+               patch=patch, class_names=class_names)
 
 
 def resolve_method_config(cls: type[Method], profile: Profile, study: Study | None = None, name: str = "",
@@ -82,6 +95,30 @@ class Cell:
                 "iterations": self.iterations, "profile": profile, "method_config": self.method_config,
                 "model_selection": dataclasses.asdict(self.selection), "augmentation": self.augmentation,
                 "versions": self.versions}
+
+    def training_resolved(self) -> dict[str, Any]:
+        """What determines the selected weights and nothing else (hashed into :attr:`training_key`):
+        :meth:`resolved` without the study's name, the entry's name (a variant is its base method and
+        configuration), the metric protocol and the evaluation-only profile fields."""
+        resolved = self.resolved()
+        for key in ("study", "protocol"):
+            resolved.pop(key)
+        resolved["method"] = self.study.base_method(self.method)
+        resolved["profile"] = {k: v for k, v in resolved["profile"].items() if k not in EVALUATION_ONLY}
+        resolved["versions"] = {k: v for k, v in self.versions.items() if k != "protocol"}
+        return resolved
+
+    @property
+    def training_key(self) -> str:
+        """The training stage's key: equal for every study cell that trains the same network (Table 2's
+        TAK and an ablation's default TAK), so a finished training anywhere in the store is reused."""
+        return (f"{self.study.base_method(self.method)}/{self.dataset.name}/{self.study.labeled_ratio}/seed{self.seed}/"
+                f"{self.profile.name}/{config_hash(self.training_resolved())}")
+
+    def build_method(self) -> Method:
+        """The cell's method, untrained, as every caller builds it (the single factory)."""
+        return build_method(self.study.base_method(self.method), self.method_config, self.dataset.num_classes,
+                            self.dataset.class_names, self.iterations, self.profile.device, self.profile.patch)
 
     @property
     def run_key(self) -> str:

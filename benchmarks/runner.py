@@ -9,11 +9,7 @@ marks the run FAILED. Only a run that trained and evaluated to the end is FINISH
 """
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import json
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,49 +20,22 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from benchmarks.checkpoint import CheckpointStore, TrainingState, rng_state, set_rng_state
+from benchmarks.checkpoint import CheckpointStore
 from benchmarks.claims import Busy, Claimed, Finished, Heartbeat, acquire, retire_stale, staleness
 from benchmarks.config import Profile, Study
-from benchmarks.cost import FLOPS_CONVENTION, forward_gflops, params_millions
+from benchmarks.cost import FLOPS_CONVENTION
 from benchmarks.data import Case, read_case
 from benchmarks.errors import ConfigError, OrganbenchError
-from benchmarks.evaluation import evaluate, summarize
-from benchmarks.inference import window_count
+from benchmarks.eval_stage import evaluate_cell
 from benchmarks.interrupt import Interrupted, StopSignals
 from benchmarks.plan import Cell, StudyPlan
-from benchmarks.prefetch import PrefetchingSampler
+from benchmarks.run_record import say
 from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, setup_tracking
-from benchmarks import selection
-from benchmarks.selection import Selector
-from benchmarks.training import (StopRequested, TrainingDiverged, TwoStreamSampler, compute_environment,
-                                 prepare_precision, seed_everything, to_channels_last, train)
-from methods.base import Method
+from benchmarks.train_stage import Trained, train_cell
+from benchmarks.training import TrainingDiverged, compute_environment
+from benchmarks.weights import find_training, load_trained
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
-
-
-def training_curve_figure(curve: list[dict[str, float]], title: str) -> "matplotlib.figure.Figure":
-    """Losses (and loss weights) against the iteration, one line per logged key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [k for k in curve[0] if k not in ("step", "lr")] if curve else []
-    for key in keys:
-        ax.plot([c["step"] for c in curve], [c[key] for c in curve], label=key)
-    ax.set_xlabel("iteration")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-@functools.lru_cache(maxsize=1)
-def pip_freeze() -> str:
-    """``name==version`` of every installed distribution (logged with each run)."""
-    return "\n".join(sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()})) + "\n"
 
 
 @dataclass
@@ -106,6 +75,8 @@ class StudyRunner:
         retry_diverged: train again the cells whose run diverged (a non-finite loss). By default such a
             cell is done: its run key fixes everything that determines the result, so it would diverge
             again (its run stays FAILED with the tags ``diverged_at_step`` and ``error``).
+        evaluate_only: score finished trainings only (``evaluate``): a cell without one is listed in
+            ``untrained`` and left alone.
         on_progress: ``on_progress(run_key, phase, done, total)`` after every training iteration
             (phase ``"train"``, iterations) and once when the evaluation starts (``"evaluation"``); the
             Ray launcher's workers report through it to the driver's per-run bars.
@@ -115,7 +86,7 @@ class StudyRunner:
                  seeds: list[int] | None = None, data_dir: str | Path | None = None, progress: bool = True,
                  tracking_uri: str | None = None, checkpoint_dir: str | Path | None = None,
                  keep_checkpoints: bool = False, wait: bool = False, retry_diverged: bool = False,
-                 on_progress: Callable[[str, str, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[str, str, int, int], None] | None = None, evaluate_only: bool = False) -> None:
         self.plan = StudyPlan(study, profile, methods, seeds, data_dir, progress)
         self.on_progress = on_progress
         self.study, self.profile, self.progress = study, profile, progress
@@ -126,6 +97,7 @@ class StudyRunner:
         self.tracking_uri = setup_tracking(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
         self._cases: dict[str, Case] = {}
+        self.evaluate_only, self.untrained = evaluate_only, []
 
     # -- resolution ---------------------------------------------------------------------------
     def unavailable(self) -> dict[str, str]:
@@ -169,6 +141,8 @@ class StudyRunner:
                     f"{self.profile.name} (its seeds: {self.plan.study_seeds}); it is recorded but not shown in "
                     "the study's tables")
         launch = Launch(experiment_id, cells, {c.run_key: self._finished(experiment_id, c.run_key) for c in cells})
+        if self.evaluate_only:  # `evaluate`: only cells whose training exists somewhere in the store
+            launch.cells = [c for c in cells if launch.finished[c.run_key] or self._trained_elsewhere(c)]
         if not self.retry_diverged:
             launch.diverged = self._diverged(experiment_id, {c.run_key for c in launch.todo})
         if launch.todo:
@@ -252,6 +226,14 @@ class StudyRunner:
                                        "attributes.status = 'FINISHED'", max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def _trained_elsewhere(self, cell: Cell) -> bool:
+        if find_training(self.client, cell.training_key) is not None:
+            return True
+        self.untrained.append(cell)
+        say(f"[untrained] {cell.name}: no finished training with logged weights has training key "
+            f"{cell.training_key}; `run` trains it")
+        return False
+
     def _diverged(self, experiment_id: str, run_keys: set[str]) -> dict[str, tuple[str, str]]:
         """Run key -> (run id, reason) of the newest diverged run, for those of ``run_keys`` that have one
         (one query for the launch)."""
@@ -287,7 +269,7 @@ class StudyRunner:
                 "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
                 "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
                 "model_selection": cell.selection.name, "augmentation": cell.augmentation,
-                "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}",
+                "training_key": cell.training_key, "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}",
                 "warmup_fraction": f"{cell.profile.warmup_fraction:g}", "eval_grid": "dataset_grid",
                 "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
                 "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state(),
@@ -319,7 +301,7 @@ class StudyRunner:
         if heartbeat is not None:
             heartbeat.track(log.run_id)
         try:
-            summary, wall = self._train_and_evaluate(cell, log, signals)
+            summary, wall = self._train_or_reuse(cell, log, signals)
         except Interrupted as exc:
             log.tags({"killed_reason": f"{exc.name} received{exc.detail}"})
             log.end(KILLED)
@@ -347,107 +329,27 @@ class StudyRunner:
             f"ASD {summary['test/asd_mean']:.2f}, {wall:.0f}s, run {log.run_id}")
         return self._outcome(cell, "trained", log.run_id, wall_s=wall, **summary)
 
-    def _train_and_evaluate(self, cell: Cell, log: RunLog, signals: StopSignals) -> tuple[dict[str, float], float]:
+    def _train_or_reuse(self, cell: Cell, log: RunLog, signals: StopSignals) -> tuple[dict[str, float], float]:
+        """The cell's training (a finished one of its training key anywhere in the store, else trained
+        now), then its evaluation."""
         start = time.time()
-        cls = self.plan.method_classes[cell.method]
-        profile = cell.profile
-        labeled_ids = self.splits["train"] if cls.label_pool == "all" else self.splits[self.plan.labeled_split]
-        unlabeled_ids = self.splits[self.plan.unlabeled_split] if cls.batch_policy == "two_stream" else []
+        source = find_training(self.client, cell.training_key)
+        if source is None:
+            trained = train_cell(cell, self, log, signals)
+        else:
+            say(f"[reuse] {cell.name}: training {source} has training key {cell.training_key}; evaluating it")
+            trained = self.reuse_training(cell, log, source)
+        return evaluate_cell(cell, self, log, trained), time.time() - start
+
+    def reuse_training(self, cell: Cell, log: RunLog, source: str) -> Trained:
+        """An evaluation-only run: the weights of run ``source``, its record and curve referenced."""
+        model = load_trained(self.client, source, cell.profile.device)
+        origin = self.client.get_run(source)
         log.params(flatten("", cell.resolved()))
-        log.dict(cell.resolved(), "config/resolved.json")
-        log.text(pip_freeze(), "env/pip_freeze.txt")
-        seed_everything(cell.seed)
-        method: Method = cls(cls.Config(**cell.method_config), self.dataset.num_classes, cell.iterations,
-                             device=profile.device, patch=profile.patch, class_names=self.dataset.class_names)
-        log.tags(method.run_tags())
-        labeled_cases, unlabeled_cases = self.cases(labeled_ids), self.cases(unlabeled_ids)
-        per_epoch = (math.ceil(len(unlabeled_cases) / profile.unlabeled_batch) if unlabeled_cases else
-                     math.ceil(len(labeled_cases) / (profile.labeled_batch + profile.unlabeled_batch)))
-        method.num_unlabeled_cases = len(unlabeled_cases)
-        method.observe_data([c.label for c in labeled_cases], per_epoch)
-        sampler = TwoStreamSampler(labeled_cases, unlabeled_cases, profile.labeled_batch, profile.unlabeled_batch,
-                                   profile.patch, cell.seed, cls.batch_policy, profile.device, cell.augmentation,
-                                   profile.channels_last)
-        if profile.channels_last:
-            to_channels_last(method)
-        if profile.prefetch_batches:
-            sampler = PrefetchingSampler(sampler, profile.prefetch_batches)
-        prepare_precision(method, profile.precision)
-        rule = cell.selection
-        eval_cases = self.cases(self.splits["eval"]) if rule.best_on_eval else []
-        val_stride = rule.validation_stride(profile.patch, profile.eval_stride)
-        selector = Selector(rule, method, cell.iterations,
-                            lambda: selection.validation_dice(method, eval_cases, self.dataset.num_classes, rule,
-                                                              profile.patch, val_stride),
-                            lambda step, score: log.metrics({"val/dice_mean": score}, step=step))
-        curve: list[dict[str, float]] = []
-        start_step, train_before = 0, 0.0
-        saved = self.checkpoints.load(cell.run_key)
-        if saved is not None:
-            method.load_state_dict(saved.method)
-            sampler.load_state(saved.sampler)
-            if saved.selection:
-                selector.load_state(saved.selection)
-                for step, score in selector.history:  # the validation curve so far, as for the training curve
-                    log.metrics({"val/dice_mean": score}, step=step)
-            set_rng_state(saved.rng)
-            start_step, curve, train_before = saved.next_step, list(saved.curve), saved.train_time_s
-            for point in curve:  # the curve so far, so the finished run holds all of it
-                log.metrics({f"train/{k}": v for k, v in point.items() if k != "step"}, step=int(point["step"]))
-            log.tags({"resumed_from_step": str(start_step), "resumed_from_run": saved.run_id})
-            say(f"[resume] {cell.name}: from iteration {start_step} of {cell.iterations} "
-                f"(checkpoint of run {saved.run_id or '?'})")
-        train_start = time.time()
-
-        def on_log(step: int, logs: dict[str, float]) -> None:
-            log.metrics({f"train/{k}": v for k, v in logs.items()}, step=step)
-            curve.append({"step": step, **logs})
-
-        def on_checkpoint(next_step: int) -> None:
-            self.checkpoints.save(TrainingState(cell.run_key, next_step, method.state_dict(), sampler.state(),
-                                                rng_state(), list(curve), train_before + time.time() - train_start,
-                                                log.run_id, selector.state()))
-
-        def after_step(done: int) -> bool:
-            if self.on_progress is not None:
-                self.on_progress(cell.run_key, "train", done, cell.iterations)
-            return selector(done)
-
-        try:
-            with signals.deferred():
-                train(method, sampler, cell.iterations, profile.log_every, on_log=on_log, progress=self.progress,
-                      description=cell.name, start_step=start_step, checkpoint_every=profile.checkpoint_every,
-                      on_checkpoint=on_checkpoint, should_stop=signals.should_stop, precision=profile.precision,
-                      after_step=after_step, warmup_fraction=profile.warmup_fraction)
-        except StopRequested as stop:
-            raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
-        finally:
-            if isinstance(sampler, PrefetchingSampler):
-                sampler.close()
-        if profile.checkpoint_every and start_step < cell.iterations:
-            on_checkpoint(cell.iterations)  # an interrupted evaluation then does not train again
-        train_time = train_before + time.time() - train_start
-        selected = selector.finish()
-        log.tags({"selected_iteration": str(selected), "stopped_early": str(selector.stopped_early).lower(),
-                  "validations": str(len(selector.history))})
-        log.figure(training_curve_figure(curve, cell.name), "plots/training_curve.png")
-        test_ids = self.plan.test_ids()
-        if self.on_progress is not None:
-            self.on_progress(cell.run_key, "evaluation", cell.iterations, cell.iterations)
-        eval_start = time.time()
-        per_case = evaluate(method, self.cases(test_ids), self.dataset, profile.patch, profile.eval_stride,
-                            self.plan.protocol, self.progress, f"{cell.name} evaluation")
-        eval_time = time.time() - eval_start
-        summary = summarize(per_case, self.dataset)
-        log.text(per_case.to_csv(index=False), "eval/per_case.csv")
-        log.tags({"test_cases": str(len(test_ids)), "test_cases_total": str(len(self.splits["test"])),
-                  "windows_per_case": str(window_count(self.cases(test_ids[:1])[0].image.shape, profile.patch,
-                                                       profile.eval_stride))})
-        cost = {"cost/params_M": params_millions(method), "cost/gflops_fwd_patch": forward_gflops(method, profile.patch),
-                "cost/train_time_s": train_time, "cost/train_step_s": train_time / max(cell.iterations, 1),
-                "cost/eval_time_s": eval_time}
-        log.metrics({**summary, **cost})
-        return summary, time.time() - start
+        log.tags({"stage": "evaluation", "training_run_id": source, "weights": "in training run",
+                  **{k: origin.data.tags[k] for k in ("selected_iteration", "resumed_from_step") if k in origin.data.tags}})
+        return Trained(model.method, float(origin.data.metrics.get("cost/train_time_s", 0.0)),
+                       int(origin.data.tags.get("selected_iteration", cell.iterations)))
 
 
 def check_device(profile: Profile) -> None:
@@ -464,12 +366,6 @@ def preflight(profile: Profile, checkpoints: CheckpointStore) -> None:
     check_device(profile)
     heartbeat_s(), stale_after_s(), settle_s()
     checkpoints.check_writable()
-
-
-def say(line: str) -> None:
-    """One line of launch output, printed above the progress bars (stdout, flushed)."""
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def staleness_poll() -> float:

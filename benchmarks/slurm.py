@@ -60,7 +60,7 @@ def run_on_slurm(runner: StudyRunner, launch: Launch, folder: str | None = None,
                  time_min: int = 24 * 60, local: bool = False, poll_s: float = 2.0) -> list[dict[str, Any]]:
     """Submit every unfinished cell of ``launch`` as a job and wait for them all; returns their outcomes
     (a job that raised is a ``failed`` outcome naming the error, as for the other launchers)."""
-    from benchmarks.runner import say
+    from benchmarks.run_record import say
     if runner.tracking_uri.startswith("sqlite") and not local:
         say("[slurm] the jobs write to a SQLite store: every node must see the same file (a shared file "
             "system); an MLflow server (make mlflow, MLFLOW_TRACKING_URI) is safer for many nodes")

@@ -7,7 +7,6 @@ and losses.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
