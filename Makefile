@@ -15,7 +15,7 @@ RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEE
 	--launcher $(LAUNCHER) $(if $(ADDRESS),--address $(ADDRESS)) $(RUN_FLAGS)
 
 .PHONY: setup test test-fast bench list-methods new-method clean-reports mlflow mlflow-stop mlflow-status \
-	table1 table2 table3 table4 table6 fig1 fig6 index reports \
+	table1 table2 table3 table4 table6 fig1 fig4 fig6 index reports \
 	ablation-prompt ablation-lambda-c ablation-lambda-n ablation-encoder budget-check gpu-check
 
 setup: $(STAMP)
@@ -73,6 +73,10 @@ fig6: table2
 	$(PY) -m benchmarks figure fig6 --study table2 --profile $(PROFILE) $(DATA_ARG)
 	$(PY) -m benchmarks index
 
+fig4: table2
+	$(PY) -m benchmarks figure fig4 --study table2 --profile $(PROFILE) $(DATA_ARG)
+	$(PY) -m benchmarks index
+
 index: setup
 	$(PY) -m benchmarks index
 
@@ -80,7 +84,7 @@ index: setup
 gpu-check: setup
 	$(PY) -m benchmarks gpu-check --out reports/out/gpu_check.json
 
-reports: table1 table2 table3 table4 table6 fig1 fig6 ablation-prompt ablation-lambda-c ablation-lambda-n \
+reports: table1 table2 table3 table4 table6 fig1 fig4 fig6 ablation-prompt ablation-lambda-c ablation-lambda-n \
 	ablation-encoder
 
 clean-reports:

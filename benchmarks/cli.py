@@ -152,6 +152,13 @@ def cmd_figure(args: argparse.Namespace) -> int:
     cells = study_cells(load_study(args.study), load_profile(args.profile), args.data)
     setup_tracking()
     out = output_folder(Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / args.name)
+    if args.name == "fig4":
+        from benchmarks.fig4 import gather_fig4
+        from reports.fig4 import render_fig4
+        data = gather_fig4(load_study(args.study), load_profile(args.profile), args.data, args.reference,
+                           _csv(args.cases))
+        print(f"wrote {render_fig4(data, out)}")
+        return 0
     render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
     print(f"wrote {render(args.study, args.profile, out, cells=cells)}")
     return 0
@@ -325,8 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", help="also render these methods' cells at the study's seeds (e.g. a method "
                         "not in the study yet, trained with run --methods)")
     report.set_defaults(func=cmd_report)
-    figure = sub.add_parser("figure", help="render fig1 (organ size vs shape) or fig6 (Dice vs FLOPs)")
-    figure.add_argument("name", choices=["fig1", "fig6"])
+    figure = sub.add_parser("figure", help="render fig1 (organ size vs shape), fig4 (qualitative comparison) or fig6 (Dice vs FLOPs)")
+    figure.add_argument("name", choices=["fig1", "fig4", "fig6"])
+    figure.add_argument("--reference", default="tak", help="fig4: the method whose per-case Dice picks the cases")
+    figure.add_argument("--cases", help="fig4: comma-separated test case ids (default: median and worst case of "
+                        "the small organs)")
     figure.add_argument("--study", default="table2", help="the study whose runs the figure uses")
     figure.add_argument("--profile", default="cpu")
     figure.add_argument("--out")

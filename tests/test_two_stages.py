@@ -120,3 +120,19 @@ def test_predict_writes_a_label_map_on_the_input_grid(tiny_cohort: Path, mlflow_
     assert REAL_CT.read_bytes() == before
     assert main(["predict", run_id, "--in", str(REAL_CT), "--out", str(out)]) == 2
     assert "exists (pass --overwrite" in capsys.readouterr().err
+
+
+def test_fig4_renders_under_smoke_from_the_logged_weights(tiny_cohort: Path, mlflow_store: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """``figure fig4`` under smoke (no predictions kept): the median and worst small-organ cases of the
+    reference, a slice each, every method's label map predicted again from its logged weights."""
+    import pandas as pd
+    _run("table2", tiny_cohort, "run", "--methods", "supervised,mean_teacher")
+    out = tmp_path / "fig4"
+    assert main(["figure", "fig4", "--study", "table2", "--profile", "smoke", "--data", str(tiny_cohort),
+                 "--reference", "supervised", "--out", str(out)]) == 0
+    assert (out / "fig4.png").stat().st_size > 10_000
+    table = pd.read_csv(out / "fig4.csv")
+    assert [w.split()[0] for w in table["why"]] == ["median", "worst"]
+    assert table["methods"].iloc[0].split(";") == ["V-Net (labeled only)", "Mean Teacher"]
+    assert all(0 <= z < 16 for z in table["z"])
