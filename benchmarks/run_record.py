@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import sys
 from typing import Any
 
 from tqdm import tqdm
+
+from benchmarks.cost import FLOPS_CONVENTION
+from benchmarks.plan import Cell, StudyPlan
+from benchmarks.tracking import git_state
+from benchmarks.training import compute_environment
 
 
 def say(line: str) -> None:
@@ -37,3 +43,24 @@ def training_curve_figure(curve: list[dict[str, float]], title: str) -> Any:
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def cell_tags(cell: Cell, plan: StudyPlan) -> dict[str, str]:
+    """Every protocol choice of a cell and the machine it trains on, as MLflow tags (mutable, searchable)."""
+    cls, info, study = plan.method_classes[cell.method], plan.dataset, cell.study
+    in_splits = set(info.mri_cases) & {i for ids in plan.splits.values() for i in ids}
+    variant = {"base_method": cls.name, "variant_value": json.dumps(study.variants[cell.method].get("value"))
+               } if cell.method in study.variants else {}
+    return {"run_key": cell.run_key, "training_key": cell.training_key, "study": study.experiment_name,
+            "method": cell.method, **variant, "method_group": cls.group, "method_title": cls.title,
+            "method_version": cls.version, "iterations": str(cell.iterations), "batch_policy": cls.batch_policy,
+            "seed": str(cell.seed), "profile": cell.profile.name, "dataset": info.name,
+            "dataset_kind": "synthetic" if info.synthetic else "real", "data_digest": cell.data_digest,
+            "split_sha256": cell.split_sha, "split_variant": study.split_variant or "published",
+            "mri_cases_in_splits": str(len(in_splits)), "organs": ",".join(info.organs),
+            "large_organs": ",".join(info.large_organs), "model_selection": cell.selection.name,
+            "augmentation": cell.augmentation, "precision": cell.profile.precision,
+            "lr_scale": f"{cell.profile.lr_scale:g}", "warmup_fraction": f"{cell.profile.warmup_fraction:g}",
+            "eval_grid": "dataset_grid", "sw_mode": "constant(uniform average of softmax)",
+            "sw_stride": str(list(cell.profile.eval_stride)), "flops_convention": FLOPS_CONVENTION,
+            **plan.protocol.tags(), **git_state(), **compute_environment(cell.profile.device)}

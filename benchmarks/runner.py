@@ -9,7 +9,6 @@ marks the run FAILED. Only a run that trained and evaluated to the end is FINISH
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +22,16 @@ from tqdm import tqdm
 from benchmarks.checkpoint import CheckpointStore
 from benchmarks.claims import Busy, Claimed, Finished, Heartbeat, acquire, retire_stale, staleness
 from benchmarks.config import Profile, Study
-from benchmarks.cost import FLOPS_CONVENTION
 from benchmarks.data import Case, read_case
 from benchmarks.errors import ConfigError, OrganbenchError
 from benchmarks.eval_stage import evaluate_cell
 from benchmarks.interrupt import Interrupted, StopSignals
 from benchmarks.plan import Cell, StudyPlan
-from benchmarks.run_record import say
-from benchmarks.tracking import RunLog, ensure_experiment, flatten, git_state, setup_tracking
-from benchmarks.train_stage import Trained, train_cell
-from benchmarks.training import TrainingDiverged, compute_environment
-from benchmarks.weights import find_training, load_trained
+from benchmarks.run_record import cell_tags, say
+from benchmarks.tracking import RunLog, ensure_experiment, git_state, setup_tracking
+from benchmarks.train_stage import reuse_training, train_cell
+from benchmarks.training import TrainingDiverged
+from benchmarks.weights import find_training
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
 
@@ -254,27 +252,6 @@ class StudyRunner:
         return {"method": cell.method, "seed": cell.seed, "run_key": cell.run_key, "run_id": run_id,
                 "status": status, "skipped": status != "trained", **extra}
 
-    def run_tags(self, cell: Cell) -> dict[str, str]:
-        """Every protocol choice of a cell and the machine it trains on, as MLflow tags (mutable, searchable)."""
-        cls = self.plan.method_classes[cell.method]
-        in_splits = set(self.dataset.mri_cases) & {i for ids in self.splits.values() for i in ids}
-        variant = {"base_method": cls.name, "variant_value": json.dumps(self.study.variants[cell.method].get("value"))
-                   } if cell.method in self.study.variants else {}
-        return {"run_key": cell.run_key, "study": cell.study.experiment_name, "method": cell.method, **variant,
-                "method_group": cls.group, "method_title": cls.title, "method_version": cls.version,
-                "iterations": str(cell.iterations),
-                "batch_policy": cls.batch_policy, "seed": str(cell.seed), "profile": cell.profile.name,
-                "dataset": self.dataset.name, "dataset_kind": "synthetic" if self.dataset.synthetic else "real",
-                "data_digest": cell.data_digest, "split_sha256": cell.split_sha,
-                "split_variant": self.study.split_variant or "published", "mri_cases_in_splits": str(len(in_splits)),
-                "organs": ",".join(self.dataset.organs), "large_organs": ",".join(self.dataset.large_organs),
-                "model_selection": cell.selection.name, "augmentation": cell.augmentation,
-                "training_key": cell.training_key, "precision": cell.profile.precision, "lr_scale": f"{cell.profile.lr_scale:g}",
-                "warmup_fraction": f"{cell.profile.warmup_fraction:g}", "eval_grid": "dataset_grid",
-                "sw_mode": "constant(uniform average of softmax)", "sw_stride": str(list(cell.profile.eval_stride)),
-                "flops_convention": FLOPS_CONVENTION, **self.plan.protocol.tags(), **git_state(),
-                **compute_environment(cell.profile.device)}
-
     # -- one cell -----------------------------------------------------------------------------
     def run_cell(self, cell: Cell, experiment_id: str, parent_id: str | None = None,
                  heartbeat: Heartbeat | None = None, signals: StopSignals | None = None) -> dict[str, Any]:
@@ -282,7 +259,7 @@ class StudyRunner:
         run_name = f"{cell.method}-seed{cell.seed}" + (f"-it{cell.iterations}" if self.study.budget_scales else "")
         signals = signals or StopSignals()
         with signals.deferred():  # a signal while the claim is made: the claim completes, then is KILLED
-            claim = acquire(self.client, experiment_id, cell.run_key, run_name, self.run_tags(cell), parent_id)
+            claim = acquire(self.client, experiment_id, cell.run_key, run_name, cell_tags(cell, self.plan), parent_id)
         if signals.should_stop():
             stop = Interrupted(signals.signum or 15, " while claiming the cell")
             if isinstance(claim, Claimed):
@@ -338,18 +315,8 @@ class StudyRunner:
             trained = train_cell(cell, self, log, signals)
         else:
             say(f"[reuse] {cell.name}: training {source} has training key {cell.training_key}; evaluating it")
-            trained = self.reuse_training(cell, log, source)
+            trained = reuse_training(cell, self.client, log, source)
         return evaluate_cell(cell, self, log, trained), time.time() - start
-
-    def reuse_training(self, cell: Cell, log: RunLog, source: str) -> Trained:
-        """An evaluation-only run: the weights of run ``source``, its record and curve referenced."""
-        model = load_trained(self.client, source, cell.profile.device)
-        origin = self.client.get_run(source)
-        log.params(flatten("", cell.resolved()))
-        log.tags({"stage": "evaluation", "training_run_id": source, "weights": "in training run",
-                  **{k: origin.data.tags[k] for k in ("selected_iteration", "resumed_from_step") if k in origin.data.tags}})
-        return Trained(model.method, float(origin.data.metrics.get("cost/train_time_s", 0.0)),
-                       int(origin.data.tags.get("selected_iteration", cell.iterations)))
 
 
 def check_device(profile: Profile) -> None:

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from mlflow.tracking import MlflowClient
+
 from benchmarks import selection
 from benchmarks.checkpoint import CheckpointStore, TrainingState, rng_state, set_rng_state
 from benchmarks.data import Case
@@ -20,7 +22,7 @@ from benchmarks.selection import Selector
 from benchmarks.tracking import RunLog, flatten
 from benchmarks.training import (StopRequested, TwoStreamSampler, prepare_precision, seed_everything,
                                  to_channels_last, train)
-from benchmarks.weights import log_weights
+from benchmarks.weights import load_trained, log_weights
 from methods.base import Method
 
 
@@ -137,3 +139,15 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
     log.figure(training_curve_figure(curve, cell.name), "plots/training_curve.png")
     log_weights(log.client, log.run_id, method, cell, ctx.cases(ctx.plan.splits["train"][:1])[0].image.shape)
     return Trained(method, train_time, selected)
+
+
+def reuse_training(cell: Cell, client: MlflowClient, log: RunLog, source: str) -> Trained:
+    """An evaluation-only run: the logged weights of the finished training ``source``, referenced
+    (``training_run_id``) with its selected iteration and training time."""
+    model = load_trained(client, source, cell.profile.device)
+    origin = client.get_run(source)
+    log.params(flatten("", cell.resolved()))
+    log.tags({"stage": "evaluation", "training_run_id": source, "weights": "in training run",
+              **{k: origin.data.tags[k] for k in ("selected_iteration", "resumed_from_step") if k in origin.data.tags}})
+    return Trained(model.method, float(origin.data.metrics.get("cost/train_time_s", 0.0)),
+                   int(origin.data.tags.get("selected_iteration", cell.iterations)))
