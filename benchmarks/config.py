@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class Profile:
     # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
     warmup_fraction: float = 0.0  # share of the budget over which every method's rate ramps up linearly
     # before its poly decay (benchmarks.training.train); 0: the references' schedule. In the run key.
+    grad_clip_norm: float = 0.0  # every backward step's gradient scaled to at most this L2 norm, for every
+    # method (Method.backward_step); 0: off (the references). In the run key when not 0.
     channels_last: bool = False  # networks and image batches in torch.channels_last_3d (faster cuDNN
     # kernels on a GPU; the same outputs to float rounding, tests/test_channels_last.py); in the run key
     prefetch_batches: int = 0  # batches prepared ahead on a background thread (benchmarks/prefetch.py;
@@ -138,6 +141,9 @@ def load_profile(name: str) -> Profile:
         raise ConfigError(f"{PROFILES_FILE}:{name}: lr_scale {profile.lr_scale!r} must be positive")
     if not 0 <= profile.prefetch_batches <= 8:
         raise ConfigError(f"{PROFILES_FILE}:{name}: prefetch_batches {profile.prefetch_batches!r} must be in [0, 8]")
+    if not (math.isfinite(profile.grad_clip_norm) and profile.grad_clip_norm >= 0):
+        raise ConfigError(f"{PROFILES_FILE}:{name}: grad_clip_norm {profile.grad_clip_norm!r} must be a finite "
+                          "number >= 0 (0: no cap)")
     if not 0 <= profile.warmup_fraction < 1:
         raise ConfigError(f"{PROFILES_FILE}:{name}: warmup_fraction {profile.warmup_fraction!r} must be in [0, 1)")
     from benchmarks.selection import RULES

@@ -31,6 +31,10 @@ NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "
               "prefetch_batches", "save_predictions")
 
 
+# Profile fields added after stores existed: left out of the keys while at these values (the
+# references' behaviour), so the runs recorded before them keep their keys.
+OMITTED_AT_DEFAULT = {"grad_clip_norm": 0.0}
+
 # Profile fields that only the evaluation stage reads (in the run key, not in the training key).
 EVALUATION_ONLY = ("eval_stride", "max_test_cases")
 
@@ -85,7 +89,8 @@ class Cell:
         study's setting, the profile, the method's configuration, the data (digest of dataset.json
         and of the case files used) and the behaviour versions of the method, the harness, the
         metric protocol and the synthetic data generator."""
-        profile = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in NOT_IN_KEY}
+        profile = {k: v for k, v in dataclasses.asdict(self.profile).items()
+                   if k not in NOT_IN_KEY and not (k in OMITTED_AT_DEFAULT and v == OMITTED_AT_DEFAULT[k])}
         # only the profile overrides this method has (others cannot change its result or its key)
         profile["method_overrides"] = {k: v for k, v in profile["method_overrides"].items() if k in self.method_config}
         return {"study": self.study.experiment_name, "method": self.method, "seed": self.seed,

@@ -85,6 +85,7 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
     if profile.channels_last:
         to_channels_last(method)
     prepare_precision(method, profile.precision)
+    method.grad_clip_norm = profile.grad_clip_norm
     selector = make_selector(cell, ctx, method, log)
     curve: list[dict[str, float]] = []
     start_step, train_before = 0, 0.0

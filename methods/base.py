@@ -159,6 +159,8 @@ class Method(abc.ABC):
                                weight_decay=c.weight_decay)
 
     grad_scaler: "torch.amp.GradScaler | None" = None  # set by the harness under fp16 (CUDA)
+    grad_clip_norm: float = 0.0  # set by the harness from the profile: cap on the gradient norm of the
+    # parameters each backward_step updates (0: none, as the references)
 
     def backward_step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer] | None = None) -> None:
         """Zero the gradients, back-propagate ``loss`` and step ``optimizers`` (default: all), through
@@ -168,13 +170,26 @@ class Method(abc.ABC):
             opt.zero_grad(set_to_none=True)
         if self.grad_scaler is None:
             loss.backward()
+            self._clip_gradients(optimizers)
             for opt in optimizers:
                 opt.step()
             return
         self.grad_scaler.scale(loss).backward()
+        if self.grad_clip_norm:
+            for opt in optimizers:
+                self.grad_scaler.unscale_(opt)
+            self._clip_gradients(optimizers)
         for opt in optimizers:
             self.grad_scaler.step(opt)
         self.grad_scaler.update()
+
+    def _clip_gradients(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Scale the gradients of every parameter that ``optimizers`` update so that their joint L2 norm
+        is at most ``grad_clip_norm`` (a profile setting, the same for every method; 0: off)."""
+        if self.grad_clip_norm:
+            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]
+                      if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
 
     def segmentation_networks(self) -> dict[str, nn.Module]:
         """Every network that maps images ``(B, 1, D, H, W)`` to logits (student and teacher, both
