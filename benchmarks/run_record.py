@@ -64,3 +64,16 @@ def cell_tags(cell: Cell, plan: StudyPlan) -> dict[str, str]:
             "eval_grid": "dataset_grid", "sw_mode": "constant(uniform average of softmax)",
             "sw_stride": str(list(cell.profile.eval_stride)), "flops_convention": FLOPS_CONVENTION,
             **plan.protocol.tags(), **git_state(), **compute_environment(cell.profile.device)}
+
+
+def log_dataset_input(client: Any, run_id: str, cell: Cell, plan: StudyPlan) -> None:
+    """The cell's data as the run's MLflow dataset input (the UI's Dataset column): the dataset, its
+    digest (cases and definition), folder, class map and split sizes, in the ``training`` context."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    info = plan.dataset
+    kind = "synthetic" if info.synthetic else "real"
+    dataset = Dataset(name=info.name, digest=cell.data_digest[:16], source_type="local",
+                      source=json.dumps({"uri": str(info.root)}),
+                      schema=json.dumps({"classes": list(info.class_names)}),
+                      profile=json.dumps({"kind": kind, **{name: len(ids) for name, ids in plan.splits.items()}}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])

@@ -315,7 +315,7 @@ class StudyRunner:
             trained = train_cell(cell, self, log, signals)
         else:
             say(f"[reuse] {cell.name}: training {source} has training key {cell.training_key}; evaluating it")
-            trained = reuse_training(cell, self.client, log, source)
+            trained = reuse_training(cell, self, log, source)
         return evaluate_cell(cell, self, log, trained), time.time() - start
 
 

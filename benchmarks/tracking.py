@@ -100,6 +100,10 @@ def _init_sqlite(path: Path, uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# The MLflow UI opens an experiment on its training runs (not its GenAI traces view) when it is marked so.
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str) -> str:
     """Experiment id of ``name``, created with artifacts beside a SQLite store when needed.
 
@@ -110,13 +114,16 @@ def ensure_experiment(name: str) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND) != MODEL_DEVELOPMENT:  # stores from before the tag
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
         return experiment.experiment_id
     uri = mlflow.get_tracking_uri()
     artifact_location = None
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
     except MlflowException:  # another worker created it meanwhile
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -17,7 +17,7 @@ from benchmarks.data import Case
 from benchmarks.interrupt import Interrupted, StopSignals
 from benchmarks.plan import Cell, StudyPlan
 from benchmarks.prefetch import PrefetchingSampler
-from benchmarks.run_record import pip_freeze, say, training_curve_figure
+from benchmarks.run_record import log_dataset_input, pip_freeze, say, training_curve_figure
 from benchmarks.selection import Selector
 from benchmarks.tracking import RunLog, flatten
 from benchmarks.training import (StopRequested, TwoStreamSampler, prepare_precision, seed_everything,
@@ -30,6 +30,7 @@ class CellContext(Protocol):
     """What a stage reads from its launcher (:class:`benchmarks.runner.StudyRunner` is one)."""
 
     plan: StudyPlan
+    client: MlflowClient
     checkpoints: CheckpointStore
     progress: bool
     on_progress: Callable[[str, str, int, int], None] | None
@@ -78,6 +79,7 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
     log.params(flatten("", cell.resolved()))
     log.dict(cell.resolved(), "config/resolved.json")
     log.text(pip_freeze(), "env/pip_freeze.txt")
+    log_dataset_input(log.client, log.run_id, cell, ctx.plan)
     seed_everything(cell.seed)
     method = cell.build_method()
     log.tags(method.run_tags())
@@ -142,13 +144,19 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
     return Trained(method, train_time, selected)
 
 
-def reuse_training(cell: Cell, client: MlflowClient, log: RunLog, source: str) -> Trained:
+def reuse_training(cell: Cell, ctx: CellContext, log: RunLog, source: str) -> Trained:
     """An evaluation-only run: the logged weights of the finished training ``source``, referenced
-    (``training_run_id``) with its selected iteration and training time."""
+    (``training_run_id``, the model as the run's input) with its selected iteration and training time."""
+    from mlflow.entities import LoggedModelInput
+    client = ctx.client
     model = load_trained(client, source, cell.profile.device)
     origin = client.get_run(source)
     log.params(flatten("", cell.resolved()))
     log.tags({"stage": "evaluation", "training_run_id": source, "weights": "in training run",
-              **{k: origin.data.tags[k] for k in ("selected_iteration", "resumed_from_step") if k in origin.data.tags}})
+              **{k: origin.data.tags[k] for k in ("selected_iteration", "resumed_from_step", "model_id")
+                 if k in origin.data.tags}})
+    log_dataset_input(client, log.run_id, cell, ctx.plan)
+    if "model_id" in origin.data.tags:
+        client.log_inputs(log.run_id, models=[LoggedModelInput(origin.data.tags["model_id"])])
     return Trained(model.method, float(origin.data.metrics.get("cost/train_time_s", 0.0)),
                    int(origin.data.tags.get("selected_iteration", cell.iterations)))

@@ -1,11 +1,11 @@
 """A training's selected weights as an MLflow artifact, found again by training key and rebuilt.
 
 Rules:
-1. A run that trained logs, once its model is selected, ``model/weights.pt`` (the state of every
-   module its ``predict`` runs, float32) and ``model/model.json`` (method, resolved configuration,
+1. A run that trained logs, once its model is selected, an MLflow LoggedModel (the run's output)
+   holding ``weights.pt`` (the state of every module its ``predict`` runs, float32) and ``model.json`` (method, resolved configuration,
    behaviour versions, classes, patch, budget, dataset and training key): all that is needed to
    rebuild the method without the study, the profile or the run's code path. Its tags say
-   ``weights: logged`` and ``training_key``.
+   ``weights: logged``, ``model_id`` and ``training_key``.
 2. A training is found by its training key in any experiment of the store (newest FINISHED run with
    logged weights): a study cell whose training already exists is evaluated, not trained.
 3. Runs from before weights were logged have no ``weights`` tag: they are listed as such, never
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
-from mlflow.entities import ViewType
+from mlflow.entities import LoggedModelOutput, Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from benchmarks.errors import ConfigError
@@ -43,16 +44,38 @@ def model_record(cell: Cell, grid: tuple[int, ...]) -> dict[str, Any]:
             "intensity_norm": info.intensity_norm, "training_key": cell.training_key}
 
 
-def log_weights(client: MlflowClient, run_id: str, method: Method, cell: Cell, grid: tuple[int, ...]) -> None:
-    """Rule 1: the weights ``method.predict`` uses and their record, as artifacts of ``run_id``."""
+def log_weights(client: MlflowClient, run_id: str, method: Method, cell: Cell, grid: tuple[int, ...]) -> str:
+    """Rule 1: the weights ``method.predict`` uses and their record, as the run's MLflow model (a
+    LoggedModel with the run as its source and output, shown in the UI's Models column); returns its id."""
     state = {name: {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
                     for k, v in module.state_dict().items()}
              for name, module in method.inference_modules().items()}
+    record = model_record(cell, grid)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=record["method"], source_run_id=run_id,
+                                       tags={"training_key": cell.training_key, "organbench.format": FORMAT},
+                                       params={"method": record["method"], "iterations": str(cell.iterations),
+                                               "seed": str(cell.seed), "dataset": record["dataset"]},
+                                       model_type="organbench-segmentation")
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state, Path(tmp) / "weights.pt")
-        (Path(tmp) / "model.json").write_text(json.dumps(model_record(cell, grid), indent=1, default=list))
-        client.log_artifacts(run_id, tmp, ARTIFACT_DIR)
+        (Path(tmp) / "model.json").write_text(json.dumps(record, indent=1, default=list))
+        client.log_model_artifacts(model.model_id, tmp)
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, cell.iterations)])
+    client.set_tag(run_id, "model_id", model.model_id)
     client.set_tag(run_id, "weights", "logged")
+    return model.model_id
+
+
+def _download_model(client: MlflowClient, run: Run, tmp: str) -> Path:
+    """The folder holding ``weights.pt`` and ``model.json`` of training run ``run``."""
+    model_id = run.data.tags.get("model_id")
+    if model_id is None:  # logged as run artifacts (the first weights format)
+        return Path(client.download_artifacts(run.info.run_id, ARTIFACT_DIR, tmp))
+    location = client.get_logged_model(model_id).artifact_location
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
+                                                    tracking_uri=client.tracking_uri))
 
 
 def find_training(client: MlflowClient, training_key: str) -> str | None:
@@ -85,7 +108,7 @@ def load_trained(client: MlflowClient, run_id: str, device: str = "cpu") -> Trai
         raise ConfigError(f"run {source} has no logged weights (trained before weights were kept, or not "
                           "finished); train it again to use it")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(client.download_artifacts(source, ARTIFACT_DIR, tmp))
+        folder = _download_model(client, run, tmp)
         record = json.loads((folder / "model.json").read_text())
         state = torch.load(folder / "weights.pt", map_location=device, weights_only=True)
     method = build_method(record["method"], record["config"], record["num_classes"], record["class_names"],

@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from mlflow_server.server import ServerConfig, ServerError, start, status, stop
+from mlflow_server.server import ServerConfig, ServerError, experiment_links, start, status, stop
 
 parser = argparse.ArgumentParser(prog="python -m mlflow_server")
 parser.add_argument("action", choices=["start", "stop", "status"])
@@ -16,6 +16,8 @@ try:
     if args.action == "start":
         url = start(config)
         print(f"MLflow server at {url} (backend {config.backend}); use it with:\n  export MLFLOW_TRACKING_URI={url}")
+        for name, link in experiment_links(url).items():
+            print(f"  {name}: {link}")
     elif args.action == "stop":
         print("stopped" if stop(config) else f"no server started from {config.pid_file}")
     else:

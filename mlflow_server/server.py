@@ -207,3 +207,25 @@ def status(config: ServerConfig = ServerConfig()) -> str:
     pid = _running_pid(config)
     state = "healthy" if healthy(config.url) else "not answering"
     return f"{config.url}: {state}" + (f" (pid {pid}, backend {config.backend})" if pid else " (no pid file)")
+
+
+# The MLflow 3.17 UI starts in its GenAI mode (a traces dashboard) until a link or the user switches it;
+# these links open the model-training views, which show runs, their datasets and their logged models.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_links(url: str) -> dict[str, str]:
+    """Experiment name -> the link that opens its training runs in the UI of the server at ``url``
+    (experiments with at least one run; the empty Default one is left out)."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(url)
+    links = {}
+    for experiment in client.search_experiments():
+        if client.search_runs([experiment.experiment_id], max_results=1):
+            links[experiment.name] = f"{url}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}"
+    return links
+
+
+def run_link(url: str, experiment_id: str, run_id: str) -> str:
+    """The link to one run's page (metrics, parameters, its dataset and logged model) in the training view."""
+    return f"{url}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"

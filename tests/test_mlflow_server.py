@@ -181,3 +181,39 @@ def test_browser_lists_runs_with_dice_and_compares_two(server, tiny_cohort: Path
         finally:
             browser.close()
     assert (ARTIFACTS / "mlflow_compare.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_opens_an_experiment_on_its_runs_and_a_run_shows_its_dataset_and_model(
+        server, tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make mlflow` as a user browses it: the experiment link it prints opens the training runs (not
+    the GenAI traces view), and a run's page lists its dataset (with the digest) and its logged model."""
+    from playwright.sync_api import sync_playwright
+    from mlflow_server.server import experiment_links, run_link
+    _, url = server
+    mlflow.set_tracking_uri(url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    if mlflow.get_experiment_by_name("table2") is None:  # when run alone
+        main(["run", "table2", "--profile", "smoke", "--data", str(tiny_cohort), "--methods", "supervised",
+              "--seeds", "0,1", "--no-progress"])
+    experiment = mlflow.get_experiment_by_name("table2").experiment_id
+    run = mlflow.search_runs([experiment], filter_string="tags.stage = 'training+evaluation'").iloc[0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1800, "height": 1000})
+            page.goto(experiment_links(url)["table2"])
+            page.get_by_text("launch-").first.wait_for(timeout=60_000)  # the launch's parent run, its cells below
+            assert f"/experiments/{experiment}/runs" in page.url and "genai" not in page.url, page.url
+            page.screenshot(path=str(ARTIFACTS / "mlflow_experiment.png"))
+            page.goto(run_link(url, experiment, run["run_id"]))
+            page.get_by_text("Logged models").first.wait_for(timeout=60_000)
+            body = page.inner_text("body")
+            assert "synthetic-amos" in body and run["tags.data_digest"][:16] in body  # the dataset and its digest
+            assert run["tags.model_id"] in body  # the selected weights, as the run's model
+            page.screenshot(path=str(ARTIFACTS / "mlflow_run.png"))
+        finally:
+            browser.close()

@@ -96,6 +96,26 @@ def test_evaluate_under_another_protocol_trains_nothing(tiny_cohort: Path, mlflo
     assert "0 evaluation(s) recorded, 1 already recorded" in capsys.readouterr().out
 
 
+def test_mlflow_shows_model_development_runs_with_their_dataset_and_model(tiny_cohort: Path,
+                                                                          mlflow_store: str) -> None:
+    """What the MLflow UI reads: the experiment marked as model development (its runs view, not the
+    GenAI traces view), the data as the run's dataset input, the selected weights as its model."""
+    _run("table2", tiny_cohort, "run", "--methods", "supervised")
+    _run("table2", tiny_cohort, "evaluate", "--methods", "supervised", "--protocol", "native")
+    client = MlflowClient(mlflow_store)
+    assert client.get_experiment_by_name("table2").tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.data.tags["stage"]: client.get_run(r.info.run_id) for r in _runs(mlflow_store)}
+    trained, evaluated = runs["training+evaluation"], runs["evaluation"]
+    for run in (trained, evaluated):
+        (data,) = run.inputs.dataset_inputs
+        assert data.dataset.digest == run.data.tags["data_digest"][:16] and data.dataset.name == "synthetic-amos"
+    model_id = trained.data.tags["model_id"]
+    assert [m.model_id for m in trained.outputs.model_outputs] == [model_id]
+    assert [m.model_id for m in evaluated.inputs.model_inputs] == [model_id]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == trained.info.run_id and model.name == "supervised" and model.status == "READY"
+
+
 def test_evaluate_without_a_training_trains_nothing(tiny_cohort: Path, mlflow_store: str,
                                                     capsys: pytest.CaptureFixture) -> None:
     _run("table2", tiny_cohort, "evaluate", "--methods", "supervised")
