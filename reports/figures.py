@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from reports.queries import NoRunsError, finished_runs  # noqa: E402
+from reports.labels import place_labels  # noqa: E402
 from reports.tables import ORGAN_ABBREV, method_labels  # noqa: E402
 
 
@@ -47,14 +48,14 @@ def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", ba
     sns.scatterplot(data=frame, x="share", y="hull", size="share", sizes=(30, 900), hue="gain", palette="RdYlGn",
                     hue_norm=(-max(abs(frame["gain"]).max(), 1), max(abs(frame["gain"]).max(), 1)), ax=ax,
                     legend=False, edgecolor="black")
-    for row in frame.itertuples():
-        ax.annotate(f"{ORGAN_ABBREV.get(row.organ, row.organ)} {row.gain:+.1f}", (row.share, row.hull),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("voxel share of the foreground (%, log scale)")
     ax.set_ylabel("convex-hull volume / organ volume")
     ax.set_title(f"{latest['tags.dataset']} (SYNTHETIC): organ size vs shape complexity\n"
                  f"labels: Dice gain of {method} over {baseline} in {study} ({profile} profile)", fontsize=10)
+    fig.tight_layout()
+    place_labels(ax, frame["share"], frame["hull"],
+                 [f"{ORGAN_ABBREV.get(row.organ, row.organ)} {row.gain:+.1f}" for row in frame.itertuples()])
     return _save(fig, frame, out_dir, "fig1")
 
 
@@ -70,20 +71,19 @@ def render_fig6(study: str, profile: str, out_dir: Path, cells: list[dict[str, o
     sns.scatterplot(data=summary, x="gflops", y="dice", size="params", sizes=(60, 700), hue="method", ax=ax,
                     edgecolor="black", legend=False)
     ax.errorbar(summary["gflops"], summary["dice"], yerr=summary["dice_std"].fillna(0), fmt="none", ecolor="grey")
-    for row in summary.itertuples():
-        ax.annotate(f"{row.method} ({row.params:.1f} M)", (row.gflops, row.dice), textcoords="offset points",
-                    xytext=(8, 6), fontsize=8)
     ax.set_xlabel(f"GFLOPs per {runs['params.profile.patch'].iloc[0]} window (2 x MAC, networks used at inference)")
     ax.set_ylabel("mean Dice (%) over organs, mean ± std over seeds")
     ax.set_title(f"{study} ({runs['tags.dataset'].iloc[0]}, {runs['tags.dataset_kind'].iloc[0].upper()}, "
                  f"{profile} profile): Dice vs FLOPs, point size = params", fontsize=10)
+    fig.tight_layout()
+    place_labels(ax, summary["gflops"], summary["dice"],
+                 [f"{row.method} ({row.params:.1f} M)" for row in summary.itertuples()])
     return _save(fig, summary, out_dir, "fig6")
 
 
 def _save(fig: plt.Figure, data: pd.DataFrame, out_dir: Path, name: str) -> Path:
     """Write ``<name>.png`` and the plotted numbers as ``<name>.csv``; returns the PNG path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(out_dir / f"{name}.png", dpi=130)
     plt.close(fig)
     data.to_csv(out_dir / f"{name}.csv", index=False)
