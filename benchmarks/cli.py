@@ -39,7 +39,8 @@ def cmd_new_method(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.runner import StudyRunner, check_device
+    from benchmarks.launch import check_device
+    from benchmarks.runner import StudyRunner
     study, profile = load_study(args.study), load_profile(args.profile)
     if study.kind != "cost":
         check_device(profile)
@@ -283,14 +284,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list-methods", help="registered methods").set_defaults(func=cmd_list_methods)
-    new = sub.add_parser("new-method", help="write methods/NAME.py and its test from the template")
-    new.add_argument("name", help="registry name: lower case, digits and _")
-    new.add_argument("--title", help="the name shown in tables (default: NAME)")
-    new.set_defaults(func=cmd_new_method)
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``run STUDY``: its flags, the launchers' included."""
     run = sub.add_parser("run", help="train and evaluate the cells of a study")
     run.add_argument("study", help="study name (benchmarks/studies/NAME.yaml) or path")
     run.add_argument("--profile", default="cpu")
@@ -322,6 +317,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start the MLflow server (make mlflow) and log through it")
     run.add_argument("--server-port", type=int, default=5000)
     run.set_defaults(func=cmd_run)
+
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    """``data generate|stats|preview|prepare``."""
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    gen = data_sub.add_parser("generate", help="generate the synthetic cohort a profile uses")
+    gen.add_argument("dataset", nargs="?", default="amos")
+    gen.add_argument("--profile", default="cpu")
+    gen.set_defaults(func=cmd_data_generate)
+    stats = data_sub.add_parser("stats", help="per-organ voxel share, convex-hull ratio, centroid, extent")
+    stats.add_argument("dataset", nargs="?", default="amos", help="dataset name (synthetic per profile) or folder")
+    stats.add_argument("--profile", default="cpu")
+    stats.add_argument("--labeled-ratio", type=float, default=0.05)
+    stats.add_argument("--label-file", help="one label NIfTI in AMOS ids instead of a dataset")
+    stats.add_argument("--out")
+    stats.set_defaults(func=cmd_data_stats)
+    preview = data_sub.add_parser("preview", help="slices with the label overlay, as PNG")
+    preview.add_argument("dataset", nargs="?", default="amos")
+    preview.add_argument("--profile", default="cpu")
+    preview.add_argument("--cases", type=int, default=3)
+    preview.add_argument("--out")
+    preview.set_defaults(func=cmd_data_preview)
+    prepare = data_sub.add_parser("prepare", help="convert a real release (AMOS22, Synapse/BTCV) into the harness layout")
+    prepare.add_argument("dataset", choices=["amos", "synapse"])
+    prepare.add_argument("--src", required=True, help="AMOS: imagesTr/labelsTr/imagesVa/labelsVa; Synapse: img/, label/")
+    prepare.add_argument("--protocol", choices=["ga", "dhc", "resize"],
+                         help="AMOS: ga (default) or dhc; Synapse: dhc (default) or resize")
+    prepare.add_argument("--dst", help="output folder (default datasets/<dataset>/prepared)")
+    prepare.set_defaults(func=cmd_data_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list-methods", help="registered methods").set_defaults(func=cmd_list_methods)
+    new = sub.add_parser("new-method", help="write methods/NAME.py and its test from the template")
+    new.add_argument("name", help="registry name: lower case, digits and _")
+    new.add_argument("--title", help="the name shown in tables (default: NAME)")
+    new.set_defaults(func=cmd_new_method)
+    _add_run_parser(sub)
     report = sub.add_parser("report", help="render a study's tables from MLflow")
     report.add_argument("study")
     report.add_argument("--profile", default="cpu")
@@ -354,32 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="turn on cuDNN's autotuner (the harness leaves it off) to measure what it buys")
     gpu.add_argument("--out", help="write the JSON here")
     gpu.set_defaults(func=cmd_gpu_check)
-    data = sub.add_parser("data", help="dataset utilities")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    gen = data_sub.add_parser("generate", help="generate the synthetic cohort a profile uses")
-    gen.add_argument("dataset", nargs="?", default="amos")
-    gen.add_argument("--profile", default="cpu")
-    gen.set_defaults(func=cmd_data_generate)
-    stats = data_sub.add_parser("stats", help="per-organ voxel share, convex-hull ratio, centroid, extent")
-    stats.add_argument("dataset", nargs="?", default="amos", help="dataset name (synthetic per profile) or folder")
-    stats.add_argument("--profile", default="cpu")
-    stats.add_argument("--labeled-ratio", type=float, default=0.05)
-    stats.add_argument("--label-file", help="one label NIfTI in AMOS ids instead of a dataset")
-    stats.add_argument("--out")
-    stats.set_defaults(func=cmd_data_stats)
-    preview = data_sub.add_parser("preview", help="slices with the label overlay, as PNG")
-    preview.add_argument("dataset", nargs="?", default="amos")
-    preview.add_argument("--profile", default="cpu")
-    preview.add_argument("--cases", type=int, default=3)
-    preview.add_argument("--out")
-    preview.set_defaults(func=cmd_data_preview)
-    prepare = data_sub.add_parser("prepare", help="convert a real release (AMOS22, Synapse/BTCV) into the harness layout")
-    prepare.add_argument("dataset", choices=["amos", "synapse"])
-    prepare.add_argument("--src", required=True, help="AMOS: imagesTr/labelsTr/imagesVa/labelsVa; Synapse: img/, label/")
-    prepare.add_argument("--protocol", choices=["ga", "dhc", "resize"],
-                         help="AMOS: ga (default) or dhc; Synapse: dhc (default) or resize")
-    prepare.add_argument("--dst", help="output folder (default datasets/<dataset>/prepared)")
-    prepare.set_defaults(func=cmd_data_prepare)
+    _add_data_parsers(sub)
     model_cli.add_parsers(sub)
     tak_cli.add_parser(sub)
     return parser

@@ -25,7 +25,9 @@ from benchmarks.config import Profile, Study
 from benchmarks.errors import ConfigError, TrackingError
 
 if TYPE_CHECKING:
-    from benchmarks.runner import Launch, StudyRunner
+    from benchmarks.launch import Launch
+    from benchmarks.plan import Cell
+    from benchmarks.runner import StudyRunner
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def train_cell(spec: CellSpec) -> dict[str, Any]:
     runner = StudyRunner(spec.study, spec.profile, [spec.method], [spec.seed], spec.data_dir, progress=False,
                          tracking_uri=spec.tracking_uri, checkpoint_dir=spec.checkpoint_dir,
                          keep_checkpoints=spec.keep_checkpoints, on_progress=reporter)
-    cells = [c for c in runner.cells() if c.run_key == spec.run_key]
+    cells = [c for c in runner.plan.cells() if c.run_key == spec.run_key]
     if not cells:
         raise ConfigError(f"worker derived other run keys than the driver for {spec.method} seed {spec.seed} "
                           f"(expected {spec.run_key}): is it running other code or other data?")
@@ -188,16 +190,8 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
                  log_to_driver=False, configure_logging=False)
     _check_tracking_for_cluster(runner.tracking_uri, len([n for n in ray.nodes() if n.get("Alive")]))
     profile = runner.profile
-    task = ray.remote(num_cpus=profile.cpus_per_cell, num_gpus=profile.gpus_per_cell,
-                      max_retries=max_retries)(train_cell)
-    data_dir = str(runner.dataset.root)
     board = ray.remote(num_cpus=0)(ProgressBoard).remote() if runner.progress else None
-    futures = {}
-    for cell in launch.todo:
-        spec = CellSpec(runner.study, profile, cell.method, cell.seed, cell.run_key, data_dir, runner.tracking_uri,
-                        launch.experiment_id, launch.parent_id, str(runner.checkpoints.root), runner.keep_checkpoints,
-                        board)
-        futures[task.remote(spec)] = cell
+    futures = _submit(runner, launch, max_retries, board)
     results = []
     bar = tqdm(total=len(futures), desc=f"{runner.study.study} [{profile.name}] cells on Ray", unit="cell",
                disable=not runner.progress, dynamic_ncols=True,
@@ -213,15 +207,7 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
             cell = futures[done[0]]
             if runs is not None:
                 runs.end(cell.run_key)
-            try:
-                outcome = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:  # raised inside the task: not transient
-                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                outcome = runner._outcome(cell, "failed", "", reason=f"{type(cause).__name__}: {cause}")
-                say(f"[failed] {cell.name}: {outcome['reason']}")
-            except ray.exceptions.RayError as exc:  # the worker died more often than max_retries
-                outcome = runner._outcome(cell, "failed", "", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-                say(f"[failed] {cell.name}: {outcome['reason']}")
+            outcome = _task_outcome(runner, done[0], cell)
             failed += outcome["status"] == "failed"
             results.append(outcome)
             bar.set_postfix_str(f"failed {failed}, running {min(len(pending), _slots(profile))}")
@@ -238,6 +224,37 @@ def run_on_ray(runner: StudyRunner, launch: Launch, address: str | None = None, 
         + ", ".join(f"{sum(r['status'] == s for r in results)} {s}"
                     for s in ("trained", "finished", "busy", "diverged", "failed")))
     return results
+
+
+def _submit(runner: StudyRunner, launch: Launch, max_retries: int, board: Any) -> dict[Any, Cell]:
+    """One Ray task per unfinished cell of ``launch`` (object ref -> cell)."""
+    import ray
+    profile = runner.profile
+    task = ray.remote(num_cpus=profile.cpus_per_cell, num_gpus=profile.gpus_per_cell,
+                      max_retries=max_retries)(train_cell)
+    futures = {}
+    for cell in launch.todo:
+        spec = CellSpec(runner.study, profile, cell.method, cell.seed, cell.run_key, str(runner.dataset.root),
+                        runner.tracking_uri, launch.experiment_id, launch.parent_id, str(runner.checkpoints.root),
+                        runner.keep_checkpoints, board)
+        futures[task.remote(spec)] = cell
+    return futures
+
+
+def _task_outcome(runner: StudyRunner, ref: Any, cell: Cell) -> dict[str, Any]:
+    """A finished task's outcome; an exception raised in the task, or a worker that died more often
+    than its retries, is a ``failed`` outcome with the reason (said in one line)."""
+    import ray
+    from benchmarks.run_record import say
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # raised inside the task: not transient
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        reason = f"{type(cause).__name__}: {cause}"
+    except ray.exceptions.RayError as exc:  # the worker died more often than max_retries
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    say(f"[failed] {cell.name}: {reason}")
+    return runner._outcome(cell, "failed", "", reason=reason)
 
 
 def _slots(profile: Profile) -> int:

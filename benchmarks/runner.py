@@ -10,17 +10,17 @@ marks the run FAILED. Only a run that trained and evaluated to the end is FINISH
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from benchmarks.checkpoint import CheckpointStore
-from benchmarks.claims import Busy, Claimed, Finished, Heartbeat, acquire, retire_stale, staleness
+from benchmarks.claims import Busy, Claimed, Finished, Heartbeat, acquire, process_identity
+from benchmarks.launch import (Launch, diverged_reason, diverged_runs, finished_run, preflight, retire_stale_launches,
+                               run_sequential)
 from benchmarks.config import Profile, Study
 from benchmarks.data import Case, read_case
 from benchmarks.errors import ConfigError, OrganbenchError
@@ -34,32 +34,6 @@ from benchmarks.training import TrainingDiverged
 from benchmarks.weights import find_training
 
 KILLED, FAILED, FINISHED = (RunStatus.to_string(s) for s in (RunStatus.KILLED, RunStatus.FAILED, RunStatus.FINISHED))
-
-
-@dataclass
-class Launch:
-    """One launch of a study: its experiment, the requested cells, those already finished (run id or
-    None), those whose run diverged (run key -> run id and reason; not trained again) and the parent
-    run (None when nothing is left to train)."""
-
-    experiment_id: str
-    cells: list[Cell]
-    finished: dict[str, str | None]
-    parent: RunLog | None = None
-    diverged: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-    @property
-    def todo(self) -> list[Cell]:
-        return [c for c in self.cells if not self.finished[c.run_key] and c.run_key not in self.diverged]
-
-    @property
-    def parent_id(self) -> str | None:
-        return self.parent.run_id if self.parent else None
-
-
-def diverged_reason(step: int | str) -> str:
-    """How a diverged cell is reported (CLI summary, skip line)."""
-    return f"non-finite loss at step {step}"
 
 
 class StudyRunner:
@@ -109,9 +83,6 @@ class StudyRunner:
                 absent[name] = str(exc)
         return absent
 
-    def cells(self) -> list[Cell]:
-        return self.plan.cells()
-
     def cases(self, ids: list[str]) -> list[Case]:
         for case_id in ids:
             if case_id not in self._cases:
@@ -130,19 +101,19 @@ class StudyRunner:
         if absent and not self.study.skip_unavailable:
             raise ConfigError(f"{self.study.path}: cannot run {sorted(absent)}: " + "; ".join(absent.values()))
         experiment_id = ensure_experiment(self.study.experiment_name)
-        self._retire_stale_launches(experiment_id)
-        cells = [c for c in self.cells() if c.method not in absent]
+        retire_stale_launches(self.client, experiment_id)
+        cells = [c for c in self.plan.cells() if c.method not in absent]
         own = {c.run_key for c in self.plan.study_cells()}
         for cell in cells:
             if cell.run_key not in own:
                 say(f"[ad hoc] {cell.name} is not a cell of study {self.study.study} under profile "
                     f"{self.profile.name} (its seeds: {self.plan.study_seeds}); it is recorded but not shown in "
                     "the study's tables")
-        launch = Launch(experiment_id, cells, {c.run_key: self._finished(experiment_id, c.run_key) for c in cells})
+        launch = Launch(experiment_id, cells, {c.run_key: finished_run(self.client, experiment_id, c.run_key) for c in cells})
         if self.evaluate_only:  # `evaluate`: only cells whose training exists somewhere in the store
             launch.cells = [c for c in cells if launch.finished[c.run_key] or self._trained_elsewhere(c)]
         if not self.retry_diverged:
-            launch.diverged = self._diverged(experiment_id, {c.run_key for c in launch.todo})
+            launch.diverged = diverged_runs(self.client, experiment_id, {c.run_key for c in launch.todo})
         if launch.todo:
             self.cases(self.splits["train"] + self.splits["test"] + self.splits.get("eval", []))
             launch.parent = RunLog(self.client.create_run(
@@ -150,7 +121,7 @@ class StudyRunner:
                 tags={"launch": "true", "profile": self.profile.name, "study": self.study.experiment_name,
                       "launched_study": self.study.study,
                       "data_digest": self.plan.data_digest, "heartbeat": f"{time.time():.3f}",
-                      **_claim_tags(), **git_state()}).info.run_id, self.client)
+                      **process_identity(), **git_state()}).info.run_id, self.client)
         return launch
 
     def run(self, dispatch: Callable[["StudyRunner", Launch], list[dict[str, Any]]] | None = None
@@ -180,7 +151,7 @@ class StudyRunner:
             heartbeat.track(launch.parent.run_id)
             try:
                 if dispatch is None:
-                    results += self._run_sequential(launch, heartbeat, signals)
+                    results += run_sequential(self, launch, heartbeat, signals)
                 else:
                     results += dispatch(self, launch)
                 status = FAILED if any(r["status"] == "failed" for r in results) else FINISHED
@@ -192,37 +163,11 @@ class StudyRunner:
                 launch.parent.end(status)
         return results
 
-    def _run_sequential(self, launch: Launch, heartbeat: Heartbeat, signals: StopSignals) -> list[dict[str, Any]]:
-        overall = self.progress_bar(len(launch.todo))
-        results = []
-        try:
-            pending = launch.todo
-            while pending:
-                waiting = []
-                for cell in pending:
-                    outcome = self.run_cell(cell, launch.experiment_id, launch.parent_id, heartbeat, signals)
-                    if outcome["status"] == "busy" and self.wait:
-                        waiting.append(cell)
-                    else:
-                        results.append(outcome)
-                        overall.update()
-                if waiting:
-                    time.sleep(min(10.0, max(1.0, staleness_poll())))
-                pending = waiting
-        finally:
-            overall.close()
-        return results
-
     def progress_bar(self, total: int) -> tqdm:
         """The bar over the launch's cells (elapsed time and ETA from the cells done so far)."""
         return tqdm(total=total, desc=f"{self.study.study} [{self.profile.name}] cells", unit="cell",
                     disable=not self.progress, position=0, dynamic_ncols=True,
                     bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining}")
-
-    def _finished(self, experiment_id: str, run_key: str) -> str | None:
-        runs = self.client.search_runs([experiment_id], filter_string=f"tags.run_key = '{run_key}' and "
-                                       "attributes.status = 'FINISHED'", max_results=1)
-        return runs[0].info.run_id if runs else None
 
     def _trained_elsewhere(self, cell: Cell) -> bool:
         if find_training(self.client, cell.training_key) is not None:
@@ -231,22 +176,6 @@ class StudyRunner:
         say(f"[untrained] {cell.name}: no finished training with logged weights has training key "
             f"{cell.training_key}; `run` trains it")
         return False
-
-    def _diverged(self, experiment_id: str, run_keys: set[str]) -> dict[str, tuple[str, str]]:
-        """Run key -> (run id, reason) of the newest diverged run, for those of ``run_keys`` that have one
-        (one query for the launch)."""
-        if not run_keys:
-            return {}
-        runs = self.client.search_runs([experiment_id], filter_string="attributes.status = 'FAILED'",
-                                       order_by=["attributes.start_time ASC"], max_results=50_000)
-        return {run.data.tags["run_key"]: (run.info.run_id, diverged_reason(run.data.tags["diverged_at_step"]))
-                for run in runs if "diverged_at_step" in run.data.tags and run.data.tags.get("run_key") in run_keys}
-
-    def _retire_stale_launches(self, experiment_id: str) -> None:
-        """Launch runs left RUNNING by a launcher that died (kill -9, power loss) become KILLED."""
-        runs = self.client.search_runs([experiment_id], filter_string="tags.launch = 'true' and "
-                                       "attributes.status = 'RUNNING'", max_results=1000)
-        retire_stale(self.client, [r for r in runs if staleness(r)])
 
     def _outcome(self, cell: Cell, status: str, run_id: str, **extra: Any) -> dict[str, Any]:
         return {"method": cell.method, "seed": cell.seed, "run_key": cell.run_key, "run_id": run_id,
@@ -317,30 +246,3 @@ class StudyRunner:
             say(f"[reuse] {cell.name}: training {source} has training key {cell.training_key}; evaluating it")
             trained = reuse_training(cell, self, log, source)
         return evaluate_cell(cell, self, log, trained), time.time() - start
-
-
-def check_device(profile: Profile) -> None:
-    """A one-line ConfigError when the profile trains on CUDA and this machine has none."""
-    if profile.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"profile {profile.name!r} trains on {profile.device}, and this machine has no CUDA device; "
-                          "use --profile cpu (or smoke) here")
-
-
-def preflight(profile: Profile, checkpoints: CheckpointStore) -> None:
-    """What a launch needs besides its study and data, checked before any run exists: the profile's
-    device, the claim timing variables, a writable checkpoint folder (each a one-line ConfigError)."""
-    from benchmarks.claims import heartbeat_s, settle_s, stale_after_s
-    check_device(profile)
-    heartbeat_s(), stale_after_s(), settle_s()
-    checkpoints.check_writable()
-
-
-def staleness_poll() -> float:
-    """Seconds between looks at a cell another launcher holds (``--wait``): the heartbeat interval."""
-    from benchmarks.claims import heartbeat_s
-    return heartbeat_s()
-
-
-def _claim_tags() -> dict[str, str]:
-    from benchmarks.claims import process_identity
-    return process_identity()

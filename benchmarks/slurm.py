@@ -23,7 +23,8 @@ from benchmarks.errors import ConfigError
 from benchmarks.launchers import CellSpec, train_cell
 
 if TYPE_CHECKING:
-    from benchmarks.runner import Launch, StudyRunner
+    from benchmarks.launch import Launch
+    from benchmarks.runner import StudyRunner
 
 
 class CellJob:

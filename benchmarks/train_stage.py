@@ -73,6 +73,28 @@ def make_selector(cell: Cell, ctx: CellContext, method: Method, log: RunLog) -> 
                     lambda step, score: log.metrics({"val/dice_mean": score}, step=step))
 
 
+def resume(cell: Cell, ctx: CellContext, log: RunLog, method: Method, sampler: TwoStreamSampler | PrefetchingSampler,
+           selector: Selector) -> tuple[int, list[dict[str, float]], float]:
+    """Load the cell's checkpoint, if any, into the method, sampler, selector and random generators, and
+    log the curves so far; returns ``(next iteration, loss curve so far, training seconds so far)``."""
+    saved = ctx.checkpoints.load(cell.run_key)
+    if saved is None:
+        return 0, [], 0.0
+    method.load_state_dict(saved.method)
+    sampler.load_state(saved.sampler)
+    if saved.selection:
+        selector.load_state(saved.selection)
+        for step, score in selector.history:  # the validation curve so far, as for the training curve
+            log.metrics({"val/dice_mean": score}, step=step)
+    set_rng_state(saved.rng)
+    for point in saved.curve:  # the curve so far, so the finished run holds all of it
+        log.metrics({f"train/{k}": v for k, v in point.items() if k != "step"}, step=int(point["step"]))
+    log.tags({"resumed_from_step": str(saved.next_step), "resumed_from_run": saved.run_id})
+    say(f"[resume] {cell.name}: from iteration {saved.next_step} of {cell.iterations} "
+        f"(checkpoint of run {saved.run_id or '?'})")
+    return saved.next_step, list(saved.curve), saved.train_time_s
+
+
 def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) -> Trained:
     """Train ``cell`` to its budget (from its checkpoint, if any), select its model, log the weights."""
     profile = cell.profile
@@ -89,23 +111,7 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
     prepare_precision(method, profile.precision)
     method.grad_clip_norm = profile.grad_clip_norm
     selector = make_selector(cell, ctx, method, log)
-    curve: list[dict[str, float]] = []
-    start_step, train_before = 0, 0.0
-    saved = ctx.checkpoints.load(cell.run_key)
-    if saved is not None:
-        method.load_state_dict(saved.method)
-        sampler.load_state(saved.sampler)
-        if saved.selection:
-            selector.load_state(saved.selection)
-            for step, score in selector.history:  # the validation curve so far, as for the training curve
-                log.metrics({"val/dice_mean": score}, step=step)
-        set_rng_state(saved.rng)
-        start_step, curve, train_before = saved.next_step, list(saved.curve), saved.train_time_s
-        for point in curve:  # the curve so far, so the finished run holds all of it
-            log.metrics({f"train/{k}": v for k, v in point.items() if k != "step"}, step=int(point["step"]))
-        log.tags({"resumed_from_step": str(start_step), "resumed_from_run": saved.run_id})
-        say(f"[resume] {cell.name}: from iteration {start_step} of {cell.iterations} "
-            f"(checkpoint of run {saved.run_id or '?'})")
+    start_step, curve, train_before = resume(cell, ctx, log, method, sampler, selector)
     train_start = time.time()
 
     def on_log(step: int, logs: dict[str, float]) -> None:
