@@ -16,6 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+MAX_COLUMNS = 10  # tiles per row; a case with more methods wraps onto further rows
+
 
 def organ_colours(num_classes: int) -> ListedColormap:
     """Background transparent, then one distinct colour per organ (tab20, in label order)."""
@@ -32,17 +34,22 @@ def _show(ax: Any, image: np.ndarray, labels: np.ndarray | None, cmap: ListedCol
 
 
 def render_fig4(data: Any, out_dir: Path) -> Path:
-    """``fig4.png`` (rows: cases; columns: image, ground truth, one per method) and ``fig4.csv``
+    """``fig4.png`` (per case: image, ground truth, one tile per method, wrapped at ``MAX_COLUMNS``) and ``fig4.csv``
     (the cases, why each was chosen, its slice) in ``out_dir``; returns the PNG's path."""
     methods = list(data.panels[0].predictions)
-    cols = 2 + len(methods)
+    tiles = 2 + len(methods)  # image, ground truth, one per method
+    cols = min(MAX_COLUMNS, tiles)
+    rows_per_case = -(-tiles // cols)
     cmap = organ_colours(len(data.class_names))
-    fig, axes = plt.subplots(len(data.panels), cols, figsize=(max(1.6 * cols, 7.0), 2.2 * len(data.panels) + 1.4),
-                             squeeze=False)
-    for row, panel in zip(axes, data.panels):
-        _show(row[0], panel.image, None, cmap, f"{panel.case_id} z={panel.z}\n{panel.why}")
-        _show(row[1], panel.image, panel.truth, cmap, "ground truth")
-        for ax, method in zip(row[2:], methods):
+    fig, axes = plt.subplots(rows_per_case * len(data.panels), cols,
+                             figsize=(max(1.6 * cols, 7.0), 1.9 * rows_per_case * len(data.panels) + 1.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index, panel in enumerate(data.panels):
+        grid = axes[index * rows_per_case:(index + 1) * rows_per_case].flat
+        _show(next(grid), panel.image, None, cmap, f"{panel.case_id} z={panel.z}\n{panel.why}")
+        _show(next(grid), panel.image, panel.truth, cmap, "ground truth")
+        for ax, method in zip(grid, methods):
             _show(ax, panel.image, panel.predictions[method], cmap, method)
     handles = [Patch(color=cmap(i), label=name) for i, name in enumerate(data.class_names) if i > 0]
     fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=6, frameon=False)
