@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import model_cli, tak_cli
-from benchmarks.cli_values import csv_list as _csv, seed_list as _seeds  # noqa: F401 (names used below)
+from benchmarks.cli_values import add_cell_arguments, csv_list as _csv, seed_list as _seeds
 from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
@@ -288,11 +288,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     """``run STUDY``: its flags, the launchers' included."""
     run = sub.add_parser("run", help="train and evaluate the cells of a study")
     run.add_argument("study", help="study name (benchmarks/studies/NAME.yaml) or path")
-    run.add_argument("--profile", default="cpu")
-    run.add_argument("--methods", help="comma-separated subset (default: the study's)")
-    run.add_argument("--seeds", help="comma-separated seeds (default: the study's for the profile)")
-    run.add_argument("--data", help="a prepared dataset folder (overrides the profile's data)")
-    run.add_argument("--no-progress", action="store_true")
+    add_cell_arguments(run, "a prepared dataset folder (overrides the profile's data)")
     run.add_argument("--checkpoint-dir", help="training checkpoints (default $ORGANBENCH_CHECKPOINT_DIR or "
                      "checkpoints/); must be reachable from every worker that may resume a cell")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs")

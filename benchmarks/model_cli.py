@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from benchmarks.cli_values import csv_list, seed_list
+from benchmarks.cli_values import add_cell_arguments, csv_list, seed_list
 from benchmarks.config import load_profile, load_study
 from benchmarks.errors import ConfigError
 
@@ -69,12 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="score finished trainings of a study (optionally under another metric "
                         "protocol) without training")
     ev.add_argument("study")
-    ev.add_argument("--profile", default="cpu")
     ev.add_argument("--protocol", help="metric protocol (default: the study's)")
-    ev.add_argument("--methods", help="comma-separated subset (default: the study's)")
-    ev.add_argument("--seeds", help="comma-separated seeds (default: the study's for the profile)")
-    ev.add_argument("--data", help="the prepared dataset folder the trainings used")
-    ev.add_argument("--no-progress", action="store_true")
+    add_cell_arguments(ev, "the prepared dataset folder the trainings used")
     ev.set_defaults(func=cmd_evaluate)
     pr = sub.add_parser("predict", help="apply a finished training to NIfTI volumes")
     pr.add_argument("run_id", help="a training run (or an evaluation run; its training is used)")
