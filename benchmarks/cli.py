@@ -7,10 +7,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from benchmarks import model_cli, tak_cli
 from benchmarks.cli_values import add_cell_arguments, csv_list as _csv, seed_list as _seeds
-from benchmarks.config import PROJECT_ROOT, load_profile, load_study
+from benchmarks.config import PROJECT_ROOT, Profile, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
 from methods.common.urls import redact_urls
@@ -38,6 +39,30 @@ def cmd_new_method(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatch(args: argparse.Namespace, profile: Profile) -> Callable[..., Any] | None:
+    """The launcher ``run`` hands its cells to (None: this process, one cell after another)."""
+    dispatch = None
+    workers = profile.cells_at_once if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: needs at least one worker")
+    if args.workers is not None and args.workers > 1 and args.launcher != "sequential":
+        raise ConfigError(f"--workers {args.workers}: applies to the sequential launcher (--launcher "
+                          f"{args.launcher} places cells by the profile's cpus_per_cell / gpus_per_cell)")
+    if args.launcher == "sequential" and workers > 1:
+        from benchmarks.local_pool import run_in_processes
+        dispatch = functools.partial(run_in_processes, workers=workers)
+    elif args.launcher == "ray":
+        from benchmarks.launchers import run_on_ray
+        dispatch = functools.partial(run_on_ray, address=args.address, max_retries=args.max_retries)
+    elif args.launcher == "slurm":
+        from benchmarks.slurm import run_on_slurm
+        if args.slurm_time_min < 1:
+            raise ConfigError(f"--slurm-time-min {args.slurm_time_min}: a job needs at least one minute")
+        dispatch = functools.partial(run_on_slurm, folder=args.slurm_folder, partition=args.slurm_partition,
+                                     time_min=args.slurm_time_min, local=args.slurm_local)
+    return dispatch
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.launch import check_device
     from benchmarks.runner import StudyRunner
@@ -59,17 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
                          progress=not args.no_progress, tracking_uri=tracking_uri, checkpoint_dir=args.checkpoint_dir,
                          keep_checkpoints=args.keep_checkpoints, wait=args.wait, retry_diverged=args.retry_diverged)
-    dispatch = None
-    if args.launcher == "ray":
-        from benchmarks.launchers import run_on_ray
-        dispatch = functools.partial(run_on_ray, address=args.address, max_retries=args.max_retries)
-    elif args.launcher == "slurm":
-        from benchmarks.slurm import run_on_slurm
-        if args.slurm_time_min < 1:
-            raise ConfigError(f"--slurm-time-min {args.slurm_time_min}: a job needs at least one minute")
-        dispatch = functools.partial(run_on_slurm, folder=args.slurm_folder, partition=args.slurm_partition,
-                                     time_min=args.slurm_time_min, local=args.slurm_local)
-    results = runner.run(dispatch)
+    results = runner.run(_dispatch(args, profile))
     counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "diverged", "failed")}
     line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
             f"finished")
@@ -297,8 +312,10 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--retry-diverged", action="store_true", help="train again the cells whose run diverged "
                      "(non-finite loss); by default such a cell counts as done, as it would diverge again")
     run.add_argument("--launcher", choices=["sequential", "ray", "slurm"], default="sequential",
-                     help="sequential (this process), ray (one Ray task per cell) or slurm (one Slurm job per "
-                          "cell, through submitit)")
+                     help="sequential (this machine: one cell after another, or --workers at once), ray (one Ray "
+                          "task per cell) or slurm (one Slurm job per cell, through submitit)")
+    run.add_argument("--workers", type=int, help="sequential launcher: cells trained at once in worker processes "
+                     "that share the cores (default: the profile's cells_at_once)")
     run.add_argument("--slurm-partition", help="--launcher slurm: the partition (default: the cluster's)")
     run.add_argument("--slurm-time-min", type=int, default=24 * 60,
                      help="--launcher slurm: each job's time limit in minutes (a job that reaches it is requeued "

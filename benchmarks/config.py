@@ -56,6 +56,8 @@ class Profile:
     save_predictions: bool = False  # keep each evaluation's test label maps (predictions/*.nii.gz in the
     # run; what `make fig4` draws); not part of any key
     cpus_per_cell: float = 1.0  # resources of one cell as a Ray task (--launcher ray)
+    cells_at_once: int = 1  # the local launcher's worker processes, each training one cell at a time with
+    # (cores / cells_at_once) intra-op threads (benchmarks/local_pool.py); not part of the run key
     gpus_per_cell: float = 0.0
 
 
@@ -139,6 +141,8 @@ def load_profile(name: str) -> Profile:
             raise ConfigError(f"{PROFILES_FILE}:{name}: patch {profile.patch} must be divisible by 16 (V-Net)")
     if not profile.lr_scale > 0:
         raise ConfigError(f"{PROFILES_FILE}:{name}: lr_scale {profile.lr_scale!r} must be positive")
+    if not (isinstance(profile.cells_at_once, int) and 1 <= profile.cells_at_once <= 64):
+        raise ConfigError(f"{PROFILES_FILE}:{name}: cells_at_once {profile.cells_at_once!r} must be an integer in [1, 64]")
     if not 0 <= profile.prefetch_batches <= 8:
         raise ConfigError(f"{PROFILES_FILE}:{name}: prefetch_batches {profile.prefetch_batches!r} must be in [0, 8]")
     if not (math.isfinite(profile.grad_clip_norm) and profile.grad_clip_norm >= 0):

@@ -23,6 +23,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.detail = signum, detail
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # crosses process boundaries (benchmarks.local_pool)
+        return (Interrupted, (self.signum, self.detail))
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
@@ -52,19 +55,22 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._deferring and self.signum is None:
-            self.signum = signum  # the training loop stops at the end of this step
-            return
+        first = self.signum is None
+        if first:
+            self.signum = signum  # recorded even when raised: an exception raised inside a finaliser is
+            # dropped by Python, and the next should_stop() still sees the request
+        if self._deferring and first:
+            return  # the training loop stops at the end of this step
         raise Interrupted(signum)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        """While inside, a first signal becomes a stop request (see :meth:`should_stop`)."""
-        self._deferring = True
+        """While inside, a first signal becomes a stop request (see :meth:`should_stop`); nests."""
+        previous, self._deferring = self._deferring, True
         try:
             yield
         finally:
-            self._deferring = False
+            self._deferring = previous
 
     def should_stop(self) -> bool:
         return self.signum is not None

@@ -15,6 +15,7 @@ draws one bar per running cell under the bar over the cells (a worker's own outp
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import time
@@ -25,6 +26,7 @@ from benchmarks.config import Profile, Study
 from benchmarks.errors import ConfigError, TrackingError
 
 if TYPE_CHECKING:
+    from benchmarks.interrupt import StopSignals
     from benchmarks.launch import Launch
     from benchmarks.plan import Cell
     from benchmarks.runner import StudyRunner
@@ -127,8 +129,10 @@ class _RunBars:
             self.end(key, refresh=False)
 
 
-def train_cell(spec: CellSpec) -> dict[str, Any]:
+def train_cell(spec: CellSpec, signals: StopSignals | None = None) -> dict[str, Any]:
     """Train, evaluate and log one cell (claiming it first); returns its outcome dict.
+
+    ``signals``: the caller's installed handlers (default: installed here, around the cell).
 
     The worker resolves the study itself and checks that it derives the very run key the driver
     sent (a worker on other code or other data would otherwise train a different cell)."""
@@ -143,7 +147,9 @@ def train_cell(spec: CellSpec) -> dict[str, Any]:
     if not cells:
         raise ConfigError(f"worker derived other run keys than the driver for {spec.method} seed {spec.seed} "
                           f"(expected {spec.run_key}): is it running other code or other data?")
-    with Heartbeat(runner.tracking_uri) as heartbeat, StopSignals() as signals:
+    with Heartbeat(runner.tracking_uri) as heartbeat, contextlib.ExitStack() as stack:
+        if signals is None:
+            signals = stack.enter_context(StopSignals())
         return runner.run_cell(cells[0], spec.experiment_id, spec.parent_id, heartbeat, signals)
 
 

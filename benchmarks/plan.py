@@ -28,7 +28,7 @@ from methods.common.kernels import run_key_versions
 # Profile fields that do not change a run's numbers (kept out of the run key).
 # lr_scale is in the key through the scaled ``method_config.lr`` it produces
 NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale",
-              "prefetch_batches", "save_predictions")
+              "prefetch_batches", "save_predictions", "cells_at_once")
 
 
 # Profile fields added after stores existed: left out of the keys while at these values (the

@@ -1,0 +1,90 @@
+"""Several cells at once on this machine (``run --workers N`` / the profile's ``cells_at_once``):
+every cell once, the numbers of a one-thread sequential run, a bad cell that fails alone, and a
+Ctrl-C that stops every worker with its cell KILLED and resumable."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cli import main
+from benchmarks.config import load_profile
+from benchmarks.local_pool import threads_per_worker
+from tests.test_ray import cell_runs, study_file
+from tests.test_run_integrity import finish, launch, long_study, run_args, runs_of, store, wait_for_checkpoint
+
+
+def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -> None:
+    assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(2, cores=16) == 8
+    assert threads_per_worker(5, cores=2) == 1  # never zero
+    assert load_profile("cpu").cells_at_once == 2 and load_profile("smoke").cells_at_once == 1
+
+
+def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad_cell_fails_alone(
+        tiny_cohort: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Five cells on two workers: the four good ones finish once each under one parent, in two
+    processes with one thread each on a 2-core machine (tag ``torch_threads``); GA's fails alone
+    when it is built (a 3 x 3 x 3 cube grid cannot cut the 32^3 smoke patch). The table equals
+    the sequential launcher's at one thread."""
+    study = study_file(tmp_path, "pool-study", methods=["supervised", "mean_teacher", "ga"],
+                       method_overrides={"ga": {"cube_grid": [3, 3, 3]}},
+                       seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
+    args = ["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]
+    assert main([*args, "--workers", "2"]) == 2
+    out = capsys.readouterr().out
+    summary = out.strip().splitlines()[-1]
+    assert "4 run(s) trained" in summary and "2 failed" in summary and "ga seed 0: ConfigError" in summary
+    assert "[local] 6 cell(s), 2 at once" in out
+    runs = cell_runs(mlflow_store, "pool-study")
+    good = runs[runs["tags.method"] != "ga"]
+    assert len(good) == 4 and set(good["status"]) == {"FINISHED"} and good["tags.run_key"].nunique() == 4
+    assert set(runs.loc[runs["tags.method"] == "ga", "status"]) == {"FAILED"}
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    assert good["tags.claim.pid"].nunique() == 2  # two worker processes, neither of them this one
+    assert set(good["tags.torch_threads"]) == {str(threads_per_worker(2))}
+    pool_out = tmp_path / "pool-report"
+    assert main(["report", study, "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(pool_out)]) == 0
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'sequential.db'}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))  # the workers' arithmetic: the same numbers
+    try:
+        assert main([*args, "--methods", "supervised,mean_teacher", "--workers", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    sequential_out = tmp_path / "sequential-report"
+    assert main(["report", study, "--profile", "smoke", "--data", str(tiny_cohort), "--out", str(sequential_out)]) == 0
+    assert (pool_out / "pool-study.csv").read_text() == (sequential_out / "pool-study.csv").read_text()
+
+
+def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT to the driver (the workers are out of the terminal's process group, so it is the only
+    signal they get): exit 130, both cells and the launch KILLED with the reason, nothing left
+    RUNNING, checkpoints kept; the rerun resumes both and finishes each once."""
+    study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
+    env = store(tmp_path, "pool-sigint")
+    checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
+    process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
+    wait_for_checkpoint(checkpoints, 5, process, timeout=180)
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 128 + signal.SIGINT and "Traceback" not in err, err
+    runs = runs_of(env)
+    assert "RUNNING" not in set(runs["status"]), runs[["status", "tags.method"]]
+    cells = runs[runs["tags.run_key"].notna()]
+    assert set(cells["status"]) <= {"KILLED", "FINISHED"} and (cells["status"] == "KILLED").any()
+    assert all("SIGINT" in r for r in cells.loc[cells["status"] == "KILLED", "tags.killed_reason"])
+    assert list(runs.loc[runs["tags.launch"] == "true", "status"]) == ["KILLED"]
+    assert any(checkpoints.glob("*/checkpoint.pt"))
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("ORGANBENCH_CHECKPOINT_DIR", str(checkpoints))
+    assert main([*run_args(study, tiny_cohort), "--workers", "2"]) == 0
+    after = runs_of(env)
+    finished = after[(after["tags.run_key"].notna()) & (after["status"] == "FINISHED")]
+    assert len(finished) == 2 and finished["tags.run_key"].nunique() == 2
+    assert finished["tags.resumed_from_step"].notna().any()
