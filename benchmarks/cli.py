@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 from benchmarks import model_cli, tak_cli
-from benchmarks.cli_values import add_cell_arguments, csv_list as _csv, seed_list as _seeds
-from benchmarks.config import PROJECT_ROOT, Profile, load_profile, load_study
+from benchmarks.cli_values import csv_list as _csv
+from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
+from benchmarks.run_cli import add_run_parser
 from methods.common.urls import redact_urls
 from methods.registry import UnknownMethodError
 from mlflow_server.server import ServerError
@@ -37,67 +36,6 @@ def cmd_new_method(args: argparse.Namespace) -> int:
     print(f"next: edit the loss in methods/{args.name}.py, then `make test` and "
           f"`python -m benchmarks run table2 --profile smoke --methods {args.name}`")
     return 0
-
-
-def _dispatch(args: argparse.Namespace, profile: Profile) -> Callable[..., Any] | None:
-    """The launcher ``run`` hands its cells to (None: this process, one cell after another)."""
-    dispatch = None
-    workers = profile.cells_at_once if args.workers is None else args.workers
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: needs at least one worker")
-    if args.workers is not None and args.workers > 1 and args.launcher != "sequential":
-        raise ConfigError(f"--workers {args.workers}: applies to the sequential launcher (--launcher "
-                          f"{args.launcher} places cells by the profile's cpus_per_cell / gpus_per_cell)")
-    if args.launcher == "sequential" and workers > 1:
-        from benchmarks.local_pool import run_in_processes
-        dispatch = functools.partial(run_in_processes, workers=workers)
-    elif args.launcher == "ray":
-        from benchmarks.launchers import run_on_ray
-        dispatch = functools.partial(run_on_ray, address=args.address, max_retries=args.max_retries)
-    elif args.launcher == "slurm":
-        from benchmarks.slurm import run_on_slurm
-        if args.slurm_time_min < 1:
-            raise ConfigError(f"--slurm-time-min {args.slurm_time_min}: a job needs at least one minute")
-        dispatch = functools.partial(run_on_slurm, folder=args.slurm_folder, partition=args.slurm_partition,
-                                     time_min=args.slurm_time_min, local=args.slurm_local)
-    return dispatch
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.launch import check_device
-    from benchmarks.runner import StudyRunner
-    study, profile = load_study(args.study), load_profile(args.profile)
-    if study.kind != "cost":
-        check_device(profile)
-    if study.kind == "cost":
-        from benchmarks.cost_study import run_cost_study
-        run_cost_study(study, profile, _csv(args.methods))
-        return 0
-    server = None
-    tracking_uri = None
-    if args.start_server:
-        from mlflow_server.server import ServerConfig, start
-        server = ServerConfig(port=args.server_port)
-        tracking_uri = start(server)
-        print(f"[server] MLflow server at {tracking_uri} (backend {server.backend}); it keeps running after this "
-              "launch (make mlflow-stop)")
-    runner = StudyRunner(study, profile, _csv(args.methods), _seeds(args.seeds), args.data,
-                         progress=not args.no_progress, tracking_uri=tracking_uri, checkpoint_dir=args.checkpoint_dir,
-                         keep_checkpoints=args.keep_checkpoints, wait=args.wait, retry_diverged=args.retry_diverged)
-    results = runner.run(_dispatch(args, profile))
-    counts = {s: sum(r["status"] == s for r in results) for s in ("trained", "finished", "busy", "diverged", "failed")}
-    line = (f"{study.study} [{profile.name}]: {counts['trained']} run(s) trained, {counts['finished']} already "
-            f"finished")
-    if counts["busy"]:
-        line += f", {counts['busy']} running elsewhere (not trained here)"
-    if counts["diverged"]:  # a result (the configuration diverges), not an error: the report names them
-        line += f", {counts['diverged']} diverged: " + "; ".join(f"{r['method']} seed {r['seed']}: {r['reason']}"
-                                                               for r in results if r["status"] == "diverged")
-    if counts["failed"]:
-        line += f", {counts['failed']} failed: " + "; ".join(f"{r['method']} seed {r['seed']}: {r['reason']}"
-                                                           for r in results if r["status"] == "failed")
-    print(line)
-    return 2 if counts["failed"] else 0
 
 
 def study_cells(study, profile, data_dir: str | None = None,
@@ -299,39 +237,6 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_parser(sub: argparse._SubParsersAction) -> None:
-    """``run STUDY``: its flags, the launchers' included."""
-    run = sub.add_parser("run", help="train and evaluate the cells of a study")
-    run.add_argument("study", help="study name (benchmarks/studies/NAME.yaml) or path")
-    add_cell_arguments(run, "a prepared dataset folder (overrides the profile's data)")
-    run.add_argument("--checkpoint-dir", help="training checkpoints (default $ORGANBENCH_CHECKPOINT_DIR or "
-                     "checkpoints/); must be reachable from every worker that may resume a cell")
-    run.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints of finished runs")
-    run.add_argument("--wait", action="store_true", help="wait for cells another launcher is training "
-                     "(and take them over if it dies) instead of skipping them")
-    run.add_argument("--retry-diverged", action="store_true", help="train again the cells whose run diverged "
-                     "(non-finite loss); by default such a cell counts as done, as it would diverge again")
-    run.add_argument("--launcher", choices=["sequential", "ray", "slurm"], default="sequential",
-                     help="sequential (this machine: one cell after another, or --workers at once), ray (one Ray "
-                          "task per cell) or slurm (one Slurm job per cell, through submitit)")
-    run.add_argument("--workers", type=int, help="sequential launcher: cells trained at once in worker processes "
-                     "that share the cores (default: the profile's cells_at_once)")
-    run.add_argument("--slurm-partition", help="--launcher slurm: the partition (default: the cluster's)")
-    run.add_argument("--slurm-time-min", type=int, default=24 * 60,
-                     help="--launcher slurm: each job's time limit in minutes (a job that reaches it is requeued "
-                          "and resumes from its checkpoint)")
-    run.add_argument("--slurm-folder", help="--launcher slurm: job scripts and logs (default checkpoints/slurm)")
-    run.add_argument("--slurm-local", action="store_true",
-                     help="--launcher slurm: run the jobs as local subprocesses (submitit's local executor)")
-    run.add_argument("--address", help="--launcher ray: an existing Ray cluster (default: a local instance)")
-    run.add_argument("--max-retries", type=int, default=2,
-                     help="--launcher ray: re-runs of a cell whose worker died (it resumes from its checkpoint)")
-    run.add_argument("--start-server", action="store_true",
-                     help="start the MLflow server (make mlflow) and log through it")
-    run.add_argument("--server-port", type=int, default=5000)
-    run.set_defaults(func=cmd_run)
-
-
 def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     """``data generate|stats|preview|prepare``."""
     data = sub.add_parser("data", help="dataset utilities")
@@ -370,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="registry name: lower case, digits and _")
     new.add_argument("--title", help="the name shown in tables (default: NAME)")
     new.set_defaults(func=cmd_new_method)
-    _add_run_parser(sub)
+    add_run_parser(sub)
     report = sub.add_parser("report", help="render a study's tables from MLflow")
     report.add_argument("study")
     report.add_argument("--profile", default="cpu")
