@@ -47,6 +47,9 @@ class Profile:
     # overrides); the scaled rate is the run's ``method_config.lr``, so the key holds it there
     warmup_fraction: float = 0.0  # share of the budget over which every method's rate ramps up linearly
     # before its poly decay (benchmarks.training.train); 0: the references' schedule. In the run key.
+    hold_fraction: float = 0.0  # share of the budget before which every method's rate stays at its base
+    # rate (after the warm-up); the poly decay to zero takes the rest (benchmarks.training.train). 0: the
+    # references' decay from the first step. In the run key when not 0.
     grad_clip_norm: float = 0.0  # every backward step's gradient scaled to at most this L2 norm, for every
     # method (Method.backward_step); 0: off (the references). In the run key when not 0.
     channels_last: bool = False  # networks and image batches in torch.channels_last_3d (faster cuDNN
@@ -148,6 +151,10 @@ def load_profile(name: str) -> Profile:
     if not (math.isfinite(profile.grad_clip_norm) and profile.grad_clip_norm >= 0):
         raise ConfigError(f"{PROFILES_FILE}:{name}: grad_clip_norm {profile.grad_clip_norm!r} must be a finite "
                           "number >= 0 (0: no cap)")
+    if not (0 <= profile.hold_fraction < 1 and (profile.hold_fraction == 0
+                                                 or profile.hold_fraction >= profile.warmup_fraction)):
+        raise ConfigError(f"{PROFILES_FILE}:{name}: hold_fraction {profile.hold_fraction!r} must be 0 or in "
+                          f"[warmup_fraction, 1)")
     if not 0 <= profile.warmup_fraction < 1:
         raise ConfigError(f"{PROFILES_FILE}:{name}: warmup_fraction {profile.warmup_fraction!r} must be in [0, 1)")
     from benchmarks.selection import RULES

@@ -26,14 +26,16 @@ from methods.base import Method, MethodConfig
 from methods.common.kernels import run_key_versions
 
 # Profile fields that do not change a run's numbers (kept out of the run key).
-# lr_scale is in the key through the scaled ``method_config.lr`` it produces
+# lr_scale is in the key through the scaled ``method_config.lr`` it produces. cells_at_once sets each
+# worker's intra-op threads, which change the floating-point trajectory as the CPU kind does; like the
+# CPU kind they are recorded on the run (tag ``torch_threads``), not keyed.
 NOT_IN_KEY = ("description", "log_every", "checkpoint_every", "cpus_per_cell", "gpus_per_cell", "lr_scale",
               "prefetch_batches", "save_predictions", "cells_at_once")
 
 
 # Profile fields added after stores existed: left out of the keys while at these values (the
 # references' behaviour), so the runs recorded before them keep their keys.
-OMITTED_AT_DEFAULT = {"grad_clip_norm": 0.0}
+OMITTED_AT_DEFAULT = {"grad_clip_norm": 0.0, "hold_fraction": 0.0}
 
 # Profile fields that only the evaluation stage reads (in the run key, not in the training key).
 EVALUATION_ONLY = ("eval_stride", "max_test_cases")

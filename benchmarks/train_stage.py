@@ -133,7 +133,8 @@ def train_cell(cell: Cell, ctx: CellContext, log: RunLog, signals: StopSignals) 
             train(method, sampler, cell.iterations, profile.log_every, on_log=on_log, progress=ctx.progress,
                   description=cell.name, start_step=start_step, checkpoint_every=profile.checkpoint_every,
                   on_checkpoint=on_checkpoint, should_stop=signals.should_stop, precision=profile.precision,
-                  after_step=after_step, warmup_fraction=profile.warmup_fraction)
+                  after_step=after_step, warmup_fraction=profile.warmup_fraction,
+                  hold_fraction=profile.hold_fraction)
     except StopRequested as stop:
         raise Interrupted(signals.signum or 15, f" at iteration {stop.next_step} (checkpoint saved)") from None
     finally:

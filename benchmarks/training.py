@@ -14,7 +14,7 @@ from tqdm import tqdm
 from benchmarks.data import Case
 from benchmarks.errors import OrganbenchError
 from methods.base import Batch, Method
-from methods.common.ramps import warmup_poly_lr
+from methods.common.ramps import warmup_hold_poly_lr
 
 
 def to_channels_last(method: Method) -> None:
@@ -240,12 +240,16 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
           description: str = "train", start_step: int = 0, checkpoint_every: int = 0,
           on_checkpoint: Callable[[int], None] | None = None,
           should_stop: Callable[[], bool] | None = None, precision: str = "fp32",
-          after_step: Callable[[int], bool] | None = None, warmup_fraction: float = 0.0) -> dict[str, float]:
+          after_step: Callable[[int], bool] | None = None, warmup_fraction: float = 0.0,
+          hold_fraction: float = 0.0) -> dict[str, float]:
     """Run steps ``start_step .. iterations - 1`` with poly LR decay over the budget; returns the last logs.
 
     ``warmup_fraction`` (a profile setting): the first ``round(fraction * iterations)`` steps ramp the
     rate up linearly to the method's base rate before the poly decay takes over
-    (:func:`methods.common.ramps.warmup_poly_lr`); 0 is the references' schedule.
+    (:func:`methods.common.ramps.warmup_poly_lr`); 0 is the references' schedule. ``hold_fraction``
+    (a profile setting): the rate stays at the base rate until ``round(fraction * iterations)``, then
+    decays to zero over the rest of the budget (:func:`methods.common.ramps.warmup_hold_poly_lr`); 0
+    decays from the first step (after the warm-up), as the references.
 
     ``on_log(step, logs)`` receives the logs (plus ``lr``) every ``log_every`` steps and at the end.
     ``on_checkpoint(next_step)`` is called after every ``checkpoint_every``-th step (not after the
@@ -257,10 +261,10 @@ def train(method: Method, sampler: TwoStreamSampler, iterations: int, log_every:
     logs: dict[str, float] = {}
     bar = tqdm(range(start_step, iterations), desc=description, disable=not progress, leave=False,
                dynamic_ncols=True, initial=start_step, total=iterations, position=1, unit="it")
-    warmup_steps = round(warmup_fraction * iterations)
+    warmup_steps, hold_steps = round(warmup_fraction * iterations), round(hold_fraction * iterations)
     for step in bar:
-        lr = warmup_poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
-                            method.config.poly_power, warmup_steps)
+        lr = warmup_hold_poly_lr(method.config.lr, step, getattr(method.config, "poly_horizon", None) or iterations,
+                                 method.config.poly_power, warmup_steps, hold_steps)
         for opt in method.optimizers:
             for group in opt.param_groups:  # lr_scale: a method's second rate (e.g. critics), decayed alike
                 group["lr"] = lr * group.get("lr_scale", 1.0)

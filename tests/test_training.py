@@ -1,6 +1,8 @@
 """Batching, cropping and the training loop."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,19 @@ def test_warmup_ramps_the_rate_then_decays_to_zero_at_the_budget() -> None:
     assert method.optimizers[0].param_groups[0]["lr"] == pytest.approx(rates[-1])
 
 
+def test_held_rate_stays_at_the_base_then_decays_to_zero_at_the_budget() -> None:
+    """``hold_fraction`` 0.5 of 8 iterations after a 0.25 warm-up: base/2, then the base rate through
+    step 3, then the poly decay over the last 4 steps."""
+    cls = get_method("supervised")
+    method = cls(cls.Config(base_filters=2, lr=0.1, dropout=False), 3, max_iterations=8)
+    sampler = TwoStreamSampler(cases(2, (16, 16, 16)), [], 2, 2, (16, 16, 16), seed=0, policy="labeled_only")
+    rates: list[float] = []
+    train(method, sampler, 8, log_every=1, progress=False, warmup_fraction=0.25, hold_fraction=0.5,
+          on_log=lambda step, logs: rates.append(logs["lr"]))
+    assert rates[:4] == pytest.approx([0.05, 0.1, 0.1, 0.1])
+    assert rates[4:] == pytest.approx([0.1 * (1 - s / 4) ** 0.9 for s in range(4)])
+
+
 def test_prefetched_batches_and_states_equal_the_plain_sampler() -> None:
     """Prefetching draws the same batches in the same order, and its state resumes with the very next
     batch (a checkpoint taken while batches are prefetched loses none and repeats none)."""
@@ -126,3 +141,28 @@ def test_prefetched_batches_and_states_equal_the_plain_sampler() -> None:
     ahead.close()
     resumed.close()
     assert resumed.state() == plain.state()
+
+
+def test_the_held_rate_enters_the_keys_only_when_set_and_is_range_checked(
+        tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import yaml
+
+    import benchmarks.config as config
+    from benchmarks.config import load_profile, load_study
+    from benchmarks.errors import ConfigError
+    from benchmarks.plan import StudyPlan
+    smoke = load_profile("smoke")
+    off = StudyPlan(load_study("table2"), smoke, ["supervised"], data_dir=tiny_cohort, progress=False).cell("supervised", 0)
+    assert "hold_fraction" not in off.resolved()["profile"]  # runs recorded before the field keep their keys
+    held = dataclasses.replace(off, profile=dataclasses.replace(smoke, hold_fraction=0.7))
+    assert held.run_key != off.run_key and held.training_key != off.training_key
+    for value in (-0.1, 1.0, 0.02):  # 0.02 < the warm-up of 0.05
+        raw = yaml.safe_load(config.PROFILES_FILE.read_text())
+        raw["smoke"].update(hold_fraction=value, warmup_fraction=0.05)
+        path = tmp_path / "profiles.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        monkeypatch.setattr(config, "PROFILES_FILE", path)
+        with pytest.raises(ConfigError, match=f"{path}:smoke: hold_fraction"):
+            load_profile("smoke")

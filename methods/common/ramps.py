@@ -39,3 +39,25 @@ def warmup_poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9
     if step < warmup_steps:
         return min(decayed, base_lr * (step + 1) / warmup_steps)
     return decayed
+
+
+def warmup_hold_poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9, warmup_steps: int = 0,
+                        hold_steps: int = 0) -> float:
+    """A linear warm-up over the first ``warmup_steps`` steps, ``base_lr`` held until step ``hold_steps``,
+    then the poly decay over the remaining ``max_steps - hold_steps`` steps to 0 at ``max_steps`` (a
+    warm-up / stable / decay schedule). ``hold_steps = 0`` is :func:`warmup_poly_lr` exactly.
+
+    >>> warmup_hold_poly_lr(0.1, 50, 100, hold_steps=70), warmup_hold_poly_lr(0.1, 70, 100, hold_steps=70)
+    (0.1, 0.1)
+    >>> round(warmup_hold_poly_lr(0.1, 85, 100, hold_steps=70), 6) == round(poly_lr(0.1, 15, 30), 6)
+    True
+    >>> warmup_hold_poly_lr(0.1, 0, 100, warmup_steps=10, hold_steps=70), warmup_hold_poly_lr(0.1, 30, 100) == poly_lr(0.1, 30, 100)
+    (0.01, True)
+    """
+    if hold_steps <= 0:
+        return warmup_poly_lr(base_lr, step, max_steps, power, warmup_steps)
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if step < hold_steps or max_steps <= hold_steps:
+        return base_lr if step < max_steps else 0.0
+    return poly_lr(base_lr, step - hold_steps, max_steps - hold_steps, power)
