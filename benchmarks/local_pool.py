@@ -17,6 +17,7 @@ profile's ``cells_at_once``). Rules:
 3. The workers leave the terminal's process group: a Ctrl-C reaches the driver only, which
    forwards that one signal to every worker; each stops at its step boundary, marks its cell
    KILLED and keeps the checkpoint, and the driver raises :class:`benchmarks.interrupt.Interrupted`.
+   A worker stopped by a signal sent to it alone stops the launch the same way.
 4. A cell whose worker raised is a ``failed`` outcome with the reason; the other cells go on.
    Longer cells are handed out first (by budget), so the last worker does not start a long one alone.
 """
@@ -96,7 +97,10 @@ def run_in_processes(runner: StudyRunner, launch: Launch, workers: int = 2) -> l
             while pending and not signals.should_stop():
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results.append(_outcome(runner, future, futures[future]))
+                    try:
+                        results.append(_outcome(runner, future, futures[future]))
+                    except KeyboardInterrupt as exc:  # a worker stopped by a signal of its own: stop them all
+                        signals.signum = signals.signum or getattr(exc, "signum", signal.SIGTERM)
                     bar.update()
             if signals.should_stop():
                 _stop_workers(pool, pending, signals.signum or signal.SIGTERM)

@@ -88,3 +88,27 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
     finished = after[(after["tags.run_key"].notna()) & (after["status"] == "FINISHED")]
     assert len(finished) == 2 and finished["tags.run_key"].nunique() == 2
     assert finished["tags.resumed_from_step"].notna().any()
+
+
+def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path) -> None:
+    """SIGTERM to one worker (not the driver): its cell stops at a step boundary, the driver stops the
+    other worker the same way and exits 143; nothing stays RUNNING."""
+    import os
+
+    import mlflow
+    study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
+    env = store(tmp_path, "pool-worker-sigterm")
+    process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
+    wait_for_checkpoint(Path(env["ORGANBENCH_CHECKPOINT_DIR"]), 5, process, timeout=180)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("table2")
+    claims = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.run_key != ''")
+    worker = int(claims[0].data.tags["claim.pid"])
+    assert worker != process.pid
+    os.kill(worker, signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+    runs = runs_of(env)
+    assert "RUNNING" not in set(runs["status"]), runs[["status", "tags.method"]]
+    killed = runs[(runs["tags.run_key"].notna()) & (runs["status"] == "KILLED")]
+    assert len(killed) >= 1 and all("SIGTERM" in r for r in killed["tags.killed_reason"])
