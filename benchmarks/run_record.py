@@ -60,7 +60,8 @@ def cell_tags(cell: Cell, plan: StudyPlan) -> dict[str, str]:
             "mri_cases_in_splits": str(len(in_splits)), "organs": ",".join(info.organs),
             "large_organs": ",".join(info.large_organs), "model_selection": cell.selection.name,
             "augmentation": cell.augmentation, "precision": cell.profile.precision,
-            "lr_scale": f"{cell.profile.lr_scale:g}", "warmup_fraction": f"{cell.profile.warmup_fraction:g}", "hold_fraction": f"{cell.profile.hold_fraction:g}",
+            "lr_scale": f"{cell.profile.lr_scale:g}", "warmup_fraction": f"{cell.profile.warmup_fraction:g}",
+            "hold_fraction": f"{cell.profile.hold_fraction:g}",
             "eval_grid": "dataset_grid", "sw_mode": "constant(uniform average of softmax)",
             "sw_stride": str(list(cell.profile.eval_stride)), "flops_convention": FLOPS_CONVENTION,
             **plan.protocol.tags(), **git_state(), **compute_environment(cell.profile.device)}

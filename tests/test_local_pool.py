@@ -3,17 +3,35 @@ every cell once, the numbers of a one-thread sequential run, a bad cell that fai
 Ctrl-C that stops every worker with its cell KILLED and resumable."""
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import load_profile
+from benchmarks.config import STUDIES_DIR, load_profile
 from benchmarks.local_pool import threads_per_worker
-from tests.test_ray import cell_runs, study_file
 from tests.test_run_integrity import finish, launch, long_study, run_args, runs_of, store, wait_for_checkpoint
+
+
+def study_file(tmp_path: Path, name: str, **changes: object) -> str:
+    """Table 2's study file under another name, with ``changes`` (smoke budget 12)."""
+    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
+    raw.update({"study": name, "budget": {"smoke": 12, "cpu": 600, "paper": 33000}, **changes})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def cell_runs(uri: str, experiment: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.run_key"].notna()]
 
 
 def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -> None:
@@ -93,9 +111,6 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
 def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path) -> None:
     """SIGTERM to one worker (not the driver): its cell stops at a step boundary, the driver stops the
     other worker the same way and exits 143; nothing stays RUNNING."""
-    import os
-
-    import mlflow
     study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
     env = store(tmp_path, "pool-worker-sigterm")
     process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
