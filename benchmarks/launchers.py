@@ -239,7 +239,7 @@ def _submit(runner: StudyRunner, launch: Launch, max_retries: int, board: Any) -
     task = ray.remote(num_cpus=profile.cpus_per_cell, num_gpus=profile.gpus_per_cell,
                       max_retries=max_retries)(train_cell)
     futures = {}
-    for cell in launch.todo:
+    for cell in runner.plan.costliest_first(launch.todo):  # Ray starts queued tasks in submission order
         spec = CellSpec(runner.study, profile, cell.method, cell.seed, cell.run_key, str(runner.dataset.root),
                         runner.tracking_uri, launch.experiment_id, launch.parent_id, str(runner.checkpoints.root),
                         runner.keep_checkpoints, board)

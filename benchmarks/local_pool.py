@@ -19,7 +19,9 @@ profile's ``cells_at_once``). Rules:
    KILLED and keeps the checkpoint, and the driver raises :class:`benchmarks.interrupt.Interrupted`.
    A worker stopped by a signal sent to it alone stops the launch the same way.
 4. A cell whose worker raised is a ``failed`` outcome with the reason; the other cells go on.
-   Longer cells are handed out first (by budget), so the last worker does not start a long one alone.
+5. The costliest cells are handed out first (:meth:`benchmarks.plan.StudyPlan.costliest_first`), so
+   the last cell to start is a cheap one and no worker trains a long cell alone while the others
+   sit idle.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def run_in_processes(runner: StudyRunner, launch: Launch, workers: int = 2) -> l
     from benchmarks.launchers import CellSpec
     from benchmarks.run_record import say
     threads = threads_per_worker(workers)
-    cells = sorted(launch.todo, key=lambda c: -c.iterations)  # rule 4: long cells first
+    cells = runner.plan.costliest_first(launch.todo)  # rule 5
     say(f"[local] {len(cells)} cell(s), {workers} at once, {threads} thread(s) each")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(threads,))

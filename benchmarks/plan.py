@@ -277,6 +277,12 @@ class StudyPlan:
         show exactly these."""
         return [self.cell(m, s, b) for b in self.budgets() for m in self.study.methods for s in self.study_seeds]
 
+    def costliest_first(self, cells: Sequence[Cell]) -> list[Cell]:
+        """``cells`` by estimated training cost, costliest first: iterations x the method's
+        ``relative_step_cost`` (a measured hint, :class:`methods.base.Method`); ties keep the given
+        order. Launchers that train several cells at once hand them out in this order."""
+        return sorted(cells, key=lambda c: -c.iterations * self.method_classes[c.method].relative_step_cost)
+
     def test_ids(self) -> list[str]:
         """The test cases evaluated: all, or the first ``max_test_cases`` under the profile."""
         return self.splits["test"][: self.profile.max_test_cases or None]

@@ -73,6 +73,7 @@ def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -
 
 @register("and", title="A&D", group="imbalance", version="1", config=AandDConfig)
 class AandD(Method):
+    relative_step_cost = 7.6  # scheduling hint (methods.base.Method)
     unsupervised_weight_field = "mu"
     config: AandDConfig
 

@@ -96,6 +96,7 @@ def class_mask(logits: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
 
 @register("adsh", title="Adsh", group="imbalance", version="1", config=AdshConfig)
 class Adsh(TwoNetMethod):
+    relative_step_cost = 3.8  # scheduling hint (methods.base.Method)
     config: AdshConfig
 
     def build(self) -> None:

@@ -95,6 +95,7 @@ def fuzzy_rank_sampling(indicators: torch.Tensor, previous_cc: torch.Tensor, top
 
 @register("basak", title="Basak et al.", group="imbalance", version="1", config=BasakConfig)
 class Basak(StudentPredicts):
+    relative_step_cost = 2.1  # scheduling hint (methods.base.Method)
     config: BasakConfig
     unsupervised_weight_field = "cps_weight"
 

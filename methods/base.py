@@ -94,6 +94,10 @@ class Method(abc.ABC):
     # stopping and flips crops in-plane; the magic-cube family (MagicNet, GA, TAK) only crops.
     reference_selection: ClassVar[str] = "dhc"
     reference_augmentation: ClassVar[str] = "flip_xy"
+    # The cost of one train step relative to the labeled-only V-Net's under the cpu profile (medians of
+    # ``make bench``, fp32, AVX-512 kind, 2026-12-06). A scheduling hint only: the local pool hands out
+    # the costliest cells first (benchmarks/local_pool.py, rule 5); it changes no number of any run.
+    relative_step_cost: ClassVar[float] = 1.0
 
     def __init__(self, config: MethodConfig, num_classes: int, max_iterations: int, in_channels: int = 1,
                  device: str | torch.device = "cpu", patch: Sequence[int] | None = None,

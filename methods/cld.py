@@ -76,6 +76,7 @@ class ConfidenceBank:
 
 @register("cld", title="CLD", group="imbalance", version="1", config=CLDConfig)
 class CLD(TwoNetMethod):
+    relative_step_cost = 3.7  # scheduling hint (methods.base.Method)
     config: CLDConfig
 
     def build(self) -> None:

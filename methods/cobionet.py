@@ -97,6 +97,7 @@ class CoBioNetConfig(MethodConfig):
 
 @register("cobionet", title="Co-BioNet (port)", group="general", version="1", config=CoBioNetConfig)
 class CoBioNet(TwoNetMethod):
+    relative_step_cost = 8.6  # scheduling hint (methods.base.Method)
     unsupervised_weight_field = "consistency"
     config: CoBioNetConfig  # type: ignore[assignment]
 

@@ -24,6 +24,7 @@ class CPSConfig(CoTrainingConfig):
 
 @register("cps", title="CPS", group="general", version="1", config=CPSConfig)
 class CPS(TwoNetMethod):
+    relative_step_cost = 3.5  # scheduling hint (methods.base.Method)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         n_l = batch.image_l.shape[0]

@@ -28,5 +28,6 @@ class CReSTConfig(CoTrainingConfig):
 
 @register("crest", title="CReST", group="imbalance", version="1", config=CReSTConfig)
 class CReST(ClassWeightedCPS):
+    relative_step_cost = 3.7  # scheduling hint (methods.base.Method)
     config: CReSTConfig
     weight_rule = staticmethod(reversed_frequency_weights)

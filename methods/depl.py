@@ -58,6 +58,7 @@ def debiased_pseudo_labels(logits: torch.Tensor, marginal: torch.Tensor, tau: fl
 
 @register("depl", title="DePL", group="general", version="1", config=DePLConfig)
 class DePL(TwoNetMethod):
+    relative_step_cost = 3.5  # scheduling hint (methods.base.Method)
     config: DePLConfig
 
     def build(self) -> None:

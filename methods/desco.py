@@ -69,6 +69,7 @@ class DeSCOConfig(MethodConfig):
 # back along the right axes (other_view).
 @register("desco", title="DeSCO (port)", group="general", version="3", config=DeSCOConfig)
 class DeSCO(TwoNetMethod):
+    relative_step_cost = 8.8  # scheduling hint (methods.base.Method)
     unsupervised_weight_field = "consistency"
     config: DeSCOConfig  # type: ignore[assignment]
 

@@ -30,6 +30,7 @@ class DHCConfig(CoTrainingConfig):
 
 @register("dhc", title="DHC", group="imbalance", version="1", config=DHCConfig)
 class DHC(TwoNetMethod):
+    relative_step_cost = 3.7  # scheduling hint (methods.base.Method)
     config: DHCConfig
 
     def build(self) -> None:

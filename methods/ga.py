@@ -37,6 +37,7 @@ class GAConfig(MagicCubeConfig, GALossConfig):
 # 2: as MagicNet 2
 @register("ga", title="GA", group="imbalance", version="2", config=GAConfig)
 class GA(GALosses, MagicNet):
+    relative_step_cost = 5.5  # scheduling hint (methods.base.Method)
     reference_selection = "ga"
     reference_augmentation = "none"
     config: GAConfig

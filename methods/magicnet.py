@@ -109,6 +109,7 @@ class MagicModel(nn.Module):
 @register("magicnet", title="MagicNet", group="general", version="2",
           config=MagicCubeConfig)
 class MagicNet(StudentPredicts):
+    relative_step_cost = 5.4  # scheduling hint (methods.base.Method)
     reference_selection = "magicnet"
     reference_augmentation = "none"
     unsupervised_weight_field = "consistency"

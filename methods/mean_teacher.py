@@ -37,6 +37,7 @@ class MeanTeacherConfig(MethodConfig):
 @register("mean_teacher", title="Mean Teacher", group="general", version="1",
           config=MeanTeacherConfig)
 class MeanTeacher(StudentPredicts):
+    relative_step_cost = 2.2  # scheduling hint (methods.base.Method)
     unsupervised_weight_field = "consistency"
     config: MeanTeacherConfig
 

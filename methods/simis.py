@@ -28,6 +28,7 @@ class SimiSConfig(CoTrainingConfig):
 
 @register("simis", title="SimiS", group="imbalance", version="1", config=SimiSConfig)
 class SimiS(ClassWeightedCPS):
+    relative_step_cost = 3.7  # scheduling hint (methods.base.Method)
     config: SimiSConfig
     weight_rule = staticmethod(proportion_gap_weights)
     blend_initial_weights = True

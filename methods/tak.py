@@ -77,6 +77,7 @@ class TAKConfig(MagicCubeConfig, GALossConfig):
 # starts at a share of the budget (MagicNet 2).
 @register("tak", title="TAK", group="imbalance", version="4", config=TAKConfig)
 class TAK(GALosses, MagicNet):
+    relative_step_cost = 7.4  # scheduling hint (methods.base.Method)
     # 2: on an accelerator the dynamic head is block-diagonal, the contrastive loss dense and the voxel
     # sampler one sort (tak/model.py, tak/contrast.py): the same maths, another random stream.
     accelerator_version = "2"

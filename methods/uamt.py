@@ -33,6 +33,7 @@ class UAMTConfig(MeanTeacherConfig):
 
 @register("uamt", title="UA-MT", group="general", version="1", config=UAMTConfig)
 class UAMT(MeanTeacher):
+    relative_step_cost = 4.5  # scheduling hint (methods.base.Method)
     config: UAMTConfig
 
     def uncertainty(self, image_u: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,22 @@ def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -
     assert load_profile("cpu").cells_at_once == 2 and load_profile("smoke").cells_at_once == 1
 
 
+def test_the_costliest_cells_are_handed_out_first(tiny_cohort: Path) -> None:
+    """Iterations x the method's measured step-cost hint, costliest first, ties in the given
+    order: TAK's 200 iterations (about 7x a supervised step) before the supervised bound's 400, SimiS
+    and CReST (the same cost) in the order given, the fully supervised bound last."""
+    from benchmarks.config import load_study
+    from benchmarks.plan import StudyPlan
+    from methods.registry import get_method, list_methods
+    assert all(get_method(name).relative_step_cost > 0 for name in list_methods())
+    plan = StudyPlan(load_study("budget-check"), load_profile("smoke"), ["fully", "simis", "crest", "tak", "supervised"],
+                     data_dir=tiny_cohort, progress=False)
+    cells = [plan.cell("fully", 0, 200), plan.cell("supervised", 0, 400), plan.cell("simis", 0, 200),
+             plan.cell("crest", 0, 200), plan.cell("tak", 0, 200)]
+    order = [(c.method, c.iterations) for c in plan.costliest_first(cells)]
+    assert order == [("tak", 200), ("simis", 200), ("crest", 200), ("supervised", 400), ("fully", 200)]
+
+
 def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad_cell_fails_alone(
         tiny_cohort: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:

@@ -59,6 +59,7 @@ def train_step_lines(benchmarks: list, peak_gflops: float) -> list[str]:
             if fa and fb:
                 line += f"; FLOPs {fa / fb:.2f}x ({fa / 1e9:.1f} / {fb / 1e9:.1f} GFLOP)"
             lines.append(line)
+    lines += cost_hint_lines(benchmarks)
     steps = [(_stats(b).median, b.extra_info["flops"]) for b in benchmarks
              if b.name.startswith("test_train_step[") and b.stats is not None and b.extra_info.get("flops")]
     if steps:
@@ -66,6 +67,22 @@ def train_step_lines(benchmarks: list, peak_gflops: float) -> list[str]:
         rate = flops / seconds / 1e9
         lines.append(f"{len(steps)} train steps together: {flops / 1e9:.0f} GFLOP in {seconds:.1f} s = {rate:.1f} GFLOP/s "
                      f"= {100 * rate / peak_gflops:.0f} % of the fp32 peak")
+    return lines
+
+
+def cost_hint_lines(benchmarks: list, tolerance: float = 1.5) -> list[str]:
+    """Methods whose measured step time over the supervised step's is off its ``relative_step_cost``
+    (the local pool's scheduling hint) by more than ``tolerance``x either way: update the hint."""
+    from methods.registry import get_method
+    base = _median(benchmarks, "test_train_step[supervised]")
+    lines = []
+    for bench in benchmarks:
+        if not base or not bench.name.startswith("test_train_step[") or bench.stats is None:
+            continue
+        name = bench.name[len("test_train_step["):-1]
+        measured, hint = _stats(bench).median / base, get_method(name).relative_step_cost
+        if not 1 / tolerance <= measured / hint <= tolerance and name != "fully":  # fully: 4 crops in a run, 2 here
+            lines.append(f"relative_step_cost of {name}: {hint} in methods/, {measured:.1f} measured here")
     return lines
 
 
