@@ -17,7 +17,9 @@ profile's ``cells_at_once``). Rules:
 3. The workers leave the terminal's process group: a Ctrl-C reaches the driver only, which
    forwards that one signal to every worker; each stops at its step boundary, marks its cell
    KILLED and keeps the checkpoint, and the driver raises :class:`benchmarks.interrupt.Interrupted`.
-   A worker stopped by a signal sent to it alone stops the launch the same way.
+   A worker stopped by a signal sent to it alone stops the launch the same way. A signal that comes
+   while a cell evaluates lets that cell finish and keeps the next cell queued to the worker from
+   starting (the pool queues one ahead, beyond the reach of cancelling the launch's pending cells).
 4. A cell whose worker raised is a ``failed`` outcome with the reason; the other cells go on.
 5. The costliest cells are handed out first (:meth:`benchmarks.plan.StudyPlan.costliest_first`), so
    the last cell to start is a cheap one and no worker trains a long cell alone while the others
@@ -74,7 +76,11 @@ def _train_in_worker(spec: CellSpec) -> dict[str, Any]:
     if _STOP:
         raise Interrupted(_STOP[0], " before the cell started")
     with StopSignals() as signals, signals.deferred():
-        return train_cell(spec, signals)
+        try:
+            return train_cell(spec, signals)
+        finally:  # a signal that came during the evaluation ends the cell normally: the next cell
+            if signals.signum is not None:  # queued to this worker must not start
+                _STOP.append(signals.signum)
 
 
 def run_in_processes(runner: StudyRunner, launch: Launch, workers: int = 2) -> list[dict[str, Any]]:

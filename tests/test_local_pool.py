@@ -56,6 +56,32 @@ def test_the_costliest_cells_are_handed_out_first(tiny_cohort: Path) -> None:
     assert order == [("tak", 200), ("simis", 200), ("crest", 200), ("supervised", 400), ("fully", 200)]
 
 
+def test_a_stop_that_comes_while_a_cell_finishes_keeps_the_next_queued_cell_from_starting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's pool pre-queues the next task, so cancelling the launch's pending cells does not
+    reach it: a signal received while a cell was evaluating (deferred, the cell ends normally) must
+    still stop that next cell before it starts (seen: a SIGTERM to the driver left one worker
+    training a new cell)."""
+    import benchmarks.launchers
+    import benchmarks.local_pool as pool
+    from benchmarks.interrupt import Interrupted
+    monkeypatch.setattr(pool, "_STOP", [])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = []
+
+    def evaluating_when_stopped(spec, signals):
+        started.append(spec)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the deferral: recorded, not raised
+        return {"status": "trained"}
+
+    monkeypatch.setattr(benchmarks.launchers, "train_cell", evaluating_when_stopped)
+    assert pool._train_in_worker("first cell") == {"status": "trained"}
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        pool._train_in_worker("next cell")
+    assert started == ["first cell"]
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
 def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad_cell_fails_alone(
         tiny_cohort: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
