@@ -8,30 +8,14 @@ import signal
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 import torch
-import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import STUDIES_DIR, load_profile
+from benchmarks.config import load_profile
 from benchmarks.local_pool import threads_per_worker
+from tests.study_files import cell_runs, smoke_budget, write_study
 from tests.test_run_integrity import finish, launch, long_study, run_args, runs_of, store, wait_for_checkpoint
-
-
-def study_file(tmp_path: Path, name: str, **changes: object) -> str:
-    """Table 2's study file under another name, with ``changes`` (smoke budget 12)."""
-    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
-    raw.update({"study": name, "budget": {"smoke": 12, "cpu": 600, "paper": 33000}, **changes})
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
-def cell_runs(uri: str, experiment: str) -> pd.DataFrame:
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    return runs[runs["tags.run_key"].notna()]
 
 
 def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -> None:
@@ -89,7 +73,7 @@ def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad
     processes with one thread each on a 2-core machine (tag ``torch_threads``); GA's fails alone
     when it is built (a 3 x 3 x 3 cube grid cannot cut the 32^3 smoke patch). The table equals
     the sequential launcher's at one thread."""
-    study = study_file(tmp_path, "pool-study", methods=["supervised", "mean_teacher", "ga"],
+    study = write_study(tmp_path, "pool-study", budget=smoke_budget(12), methods=["supervised", "mean_teacher", "ga"],
                        method_overrides={"ga": {"cube_grid": [3, 3, 3]}},
                        seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
     args = ["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]

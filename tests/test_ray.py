@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 import torch
-import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import PROJECT_ROOT, STUDIES_DIR
+from benchmarks.config import PROJECT_ROOT
+from tests.study_files import cell_runs, smoke_budget, write_study
 
 ray = pytest.importorskip("ray")
 RAY = Path(sys.executable).with_name("ray")
@@ -55,19 +54,9 @@ def disconnect():
 
 
 def study_file(tmp_path: Path, name: str = "ray-study", budget: int = 12, **changes: object) -> str:
-    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
-    raw.update({"study": name, "methods": ["supervised", "mean_teacher"], "seeds": {"smoke": [0, 1], "cpu": [0],
-                                                                                      "paper": [0]},
-                "budget": {"smoke": budget, "cpu": 600, "paper": 33000}, **changes})
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
-def cell_runs(uri: str, experiment: str) -> pd.DataFrame:
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    return runs[runs["tags.run_key"].notna()]
+    """Table 2's study as ``name``: the labeled-only bound and Mean Teacher, smoke seeds 0 and 1."""
+    return write_study(tmp_path, name, **{"methods": ["supervised", "mean_teacher"], "budget": smoke_budget(budget),
+                                          "seeds": {"smoke": [0, 1], "cpu": [0], "paper": [0]}, **changes})
 
 
 def test_ray_runs_every_cell_once_with_the_sequential_numbers_and_a_bad_cell_fails_alone(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.data import load_dataset, read_case, read_split
 from benchmarks.data.prepare import prepare_amos, prepare_case

@@ -21,18 +21,17 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import PROJECT_ROOT, STUDIES_DIR, load_profile, load_study
+from benchmarks.config import PROJECT_ROOT, load_profile, load_study
 from benchmarks.plan import StudyPlan
+from tests.study_files import smoke_budget, write_study
 
 BUDGET = 60  # smoke iterations: long enough to be interrupted after a checkpoint (every 5 iterations)
 
 
 def long_study(tmp_path: Path, budget: int = BUDGET, **changes: object) -> str:
-    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
-    raw.update({"methods": ["supervised"], "budget": {"smoke": budget, "cpu": 600, "paper": 33000}}, **changes)
-    path = tmp_path / "long.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    """Table 2's study (its name kept) with the labeled-only bound alone at ``budget`` smoke iterations."""
+    return write_study(tmp_path, "long", **{"study": "table2", "methods": ["supervised"],
+                                            "budget": smoke_budget(budget), **changes})
 
 
 def store(tmp_path: Path, name: str) -> dict[str, str]:

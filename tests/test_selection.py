@@ -7,14 +7,13 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from benchmarks.cli import main
-from benchmarks.config import STUDIES_DIR
 from benchmarks.data import Case
 from benchmarks.selection import RULES, SelectionRule, Selector, centre_crop, selection_rule, validation_dice
 from benchmarks.training import TwoStreamSampler, train
 from methods import get_method
+from tests.study_files import smoke_budget, write_study
 
 
 def tiny_method(name: str = "supervised"):
@@ -104,12 +103,10 @@ def test_validation_rules_for_absent_classes_and_centre_crop() -> None:
         2, 3, 4, 5, 6, 7]
 
 
-def write_study(tmp_path: Path, **changes: object) -> str:
-    raw = yaml.safe_load((STUDIES_DIR / "table2.yaml").read_text())
-    raw.update({"methods": ["supervised"], "budget": {"smoke": 8, "cpu": 600, "paper": 33000}, **changes})
-    path = tmp_path / "selection.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+def selection_study(tmp_path: Path, **changes: object) -> str:
+    """Table 2's study (its name kept) with the labeled-only bound at 8 smoke iterations."""
+    return write_study(tmp_path, "selection", **{"study": "table2", "methods": ["supervised"],
+                                                 "budget": smoke_budget(8), **changes})
 
 
 def test_a_run_selects_on_eval_cases_only_and_records_it(tiny_cohort: Path, tmp_path: Path, mlflow_store: str,
@@ -123,7 +120,7 @@ def test_a_run_selects_on_eval_cases_only_and_records_it(tiny_cohort: Path, tmp_
         return original(method, cases, *args, **kwargs)
 
     monkeypatch.setattr(selection, "validation_dice", spy)
-    study = write_study(tmp_path, model_selection={"smoke": "best_on_eval"}, augmentation={"smoke": "flip_xy"})
+    study = selection_study(tmp_path, model_selection={"smoke": "best_on_eval"}, augmentation={"smoke": "flip_xy"})
     assert main(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]) == 0
     splits = {n: (tiny_cohort / "splits" / f"{n}.txt").read_text().split() for n in ("eval", "test")}
     assert seen and set(seen) <= set(splits["eval"]) and not set(seen) & set(splits["test"])
@@ -140,7 +137,7 @@ def test_a_run_selects_on_eval_cases_only_and_records_it(tiny_cohort: Path, tmp_
 def test_reference_gives_each_method_its_reference_rule(tiny_cohort: Path, tmp_path: Path) -> None:
     from benchmarks.config import load_profile, load_study
     from benchmarks.plan import StudyPlan
-    study = load_study(write_study(tmp_path, methods=["dhc", "ga", "tak", "magicnet"],
+    study = load_study(selection_study(tmp_path, methods=["dhc", "ga", "tak", "magicnet"],
                                    model_selection={"smoke": "reference"}, augmentation={"smoke": "reference"}))
     plan = StudyPlan(study, load_profile("smoke"), data_dir=tiny_cohort, progress=False)
     rules = {c.method: (c.selection.name, c.augmentation) for c in plan.cells()}
