@@ -73,9 +73,9 @@ def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad
     processes with one thread each on a 2-core machine (tag ``torch_threads``); GA's fails alone
     when it is built (a 3 x 3 x 3 cube grid cannot cut the 32^3 smoke patch). The table equals
     the sequential launcher's at one thread."""
-    study = write_study(tmp_path, "pool-study", budget=smoke_budget(12), methods=["supervised", "mean_teacher", "ga"],
-                       method_overrides={"ga": {"cube_grid": [3, 3, 3]}},
-                       seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
+    study = write_study(tmp_path, "pool-study", budget=smoke_budget(12),
+                        methods=["supervised", "mean_teacher", "ga"], method_overrides={"ga": {"cube_grid": [3, 3, 3]}},
+                        seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
     args = ["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]
     assert main([*args, "--workers", "2"]) == 2
     out = capsys.readouterr().out
