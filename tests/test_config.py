@@ -14,10 +14,22 @@ def test_shipped_studies_and_profiles_load() -> None:
     study = load_study("table2")
     assert study.labeled_ratio == 0.05 and study.dataset == "amos"
     assert {"supervised", "fully", "mean_teacher"} <= set(study.methods)
-    for name in ("smoke", "cpu", "paper"):
+    for name in ("smoke", "cpu", "cpu-long", "paper"):
         profile = load_profile(name)
         assert name in study.seeds and name in study.budget
         assert all(p % 16 == 0 for p in profile.patch)
+
+
+def test_cpu_long_is_the_cpu_profile_with_its_schedule_only() -> None:
+    """`cpu-long` takes everything from `cpu` (a YAML merge key) but the rate scale and the held peak,
+    and table2 and the budget check give it the same budget (its B)."""
+    import dataclasses
+
+    cpu, long = load_profile("cpu"), load_profile("cpu-long")
+    changed = {f.name for f in dataclasses.fields(cpu) if getattr(cpu, f.name) != getattr(long, f.name)}
+    assert changed == {"name", "description", "lr_scale", "hold_fraction"}
+    assert (long.lr_scale, long.hold_fraction) == (5.0, 0.7)
+    assert load_study("table2").budget["cpu-long"] == load_study("budget-check").budget["cpu-long"] == 1600
 
 
 def write_study(tmp_path: Path, **changes: object) -> Path:

@@ -1,9 +1,12 @@
 """YAML for configuration files, strict: a duplicated key is an error (plain YAML keeps the last value
 silently), aliases are bounded (an "anchor bomb" of nested aliases expands to gigabytes), and so is
-the file's size. Used for studies, profiles and TAK's knowledge files.
+the file's size. A merge key (``<<: *base``) takes a mapping's keys from an anchored one, and the keys
+written beside it win. Used for studies, profiles and TAK's knowledge files.
 
 >>> load_yaml("a: 1\\nb: [x, y]\\n", "s.yaml")
 {'a': 1, 'b': ['x', 'y']}
+>>> load_yaml("base: &b {x: 1, y: 2}\\nvariant: {<<: *b, y: 3}\\n", "s.yaml")["variant"]
+{'x': 1, 'y': 3}
 >>> load_yaml("a: 1\\na: 2\\n", "s.yaml")
 Traceback (most recent call last):
 methods.common.errors.ConfigError: s.yaml: line 2: key 'a' appears twice in one mapping
@@ -35,6 +38,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": the keys beside it override the base's
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
