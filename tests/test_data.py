@@ -187,9 +187,53 @@ def test_generator_v2_subjects_vary_as_a_real_cohort() -> None:
     assert upper and all(bladders[i] == 0 for i in upper)
 
 
+def test_mri_counts_are_those_of_the_published_amos_split() -> None:
+    """AMOS_MRI_COUNTS recounted from the shipped split lists (ids >= 500 are MRI scans)."""
+    from benchmarks.data.cohort_splits import AMOS_MRI_COUNTS
+    root = Path(__file__).resolve().parents[1] / "datasets" / "amos" / "splits"
+    for name, count in AMOS_MRI_COUNTS.items():
+        ids = (root / f"{name}.txt").read_text().split()
+        assert sum(int(i.split("_")[1]) >= 500 for i in ids) == count, name
+
+
+def test_written_cohort_places_mri_subjects_as_the_published_split(tiny_cohort: Path) -> None:
+    """Version 3: the labeled 5 % holds 3 MRI-like subjects of 10 (version 2's random draw left it none)."""
+    info = load_dataset(tiny_cohort)
+    modality = dict(line.split(",")[:2] for line in (tiny_cohort / "subjects.csv").read_text().splitlines()[1:])
+    counts = {n: sum(modality[c] == "mri" for c in read_split(info, n))
+              for n in ("labeled_2p", "labeled_5p", "labeled_10p", "train", "eval", "test")}
+    assert counts == {"labeled_2p": 0, "labeled_5p": 3, "labeled_10p": 5, "train": 34, "eval": 6, "test": 20}
+    gen = SyntheticAbdomen()
+    case = read_split(info, "labeled_5p")[0]
+    index = int(case.split("_")[1]) - 1
+    assert gen.subject(index, modality=modality[case]).modality == modality[case]
+
+
+def test_a_chosen_modality_changes_only_the_modality() -> None:
+    gen = SyntheticAbdomen()
+    drawn = gen.subject(0)
+    forced = gen.subject(0, modality="mri" if drawn.modality == "ct" else "ct")
+    assert forced.modality != drawn.modality and forced.fov_z == drawn.fov_z and forced.noise_hu == drawn.noise_hu
+    image_ct, label_ct, _ = gen.generate((24, 24, 24), 0, modality="ct")
+    image_mri, label_mri, _ = gen.generate((24, 24, 24), 0, modality="mri")
+    np.testing.assert_array_equal(label_ct, label_mri)
+    assert not np.array_equal(image_ct, image_mri)
+    with pytest.raises(ValueError, match="modality"):
+        gen.subject(0, modality="pet")
+
+
+def test_modality_plan_refuses_counts_it_cannot_meet() -> None:
+    from benchmarks.data.cohort_splits import AMOS_MRI_COUNTS, modality_plan
+    splits = synthetic_split_ids()
+    with pytest.raises(ValueError, match="labeled_2p"):
+        modality_plan(splits, {**AMOS_MRI_COUNTS, "labeled_2p": 5})
+    with pytest.raises(ValueError, match="labeled_5p"):
+        modality_plan(splits, {**AMOS_MRI_COUNTS, "labeled_2p": 4, "labeled_5p": 1})
+
+
 def test_cohort_records_each_subject(tiny_cohort: Path) -> None:
     """``subjects.csv`` beside dataset.json: what every synthetic case drew; dataset.json counts modalities."""
     rows = (tiny_cohort / "subjects.csv").read_text().splitlines()
     meta = json.loads((tiny_cohort / "dataset.json").read_text())
     assert rows[0].startswith("case,modality,phase,fov_z_low") and len(rows) == 1 + meta["numTraining"]
-    assert sum(meta["modalities"].values()) == meta["numTraining"] and meta["generator_version"] == "2"
+    assert meta["modalities"] == {"ct": 300, "mri": 60} and meta["generator_version"] == "3"

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from benchmarks.data.cohort_splits import (AMOS_LABELED, AMOS_MRI_COUNTS, AMOS_SPLIT_SIZES, SYNAPSE_LABELED,
+                                           SYNAPSE_SPLIT_SIZES, modality_plan, synthetic_split_ids)
+
 AMOS_CLASSES = ("background", "spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver",
                 "stomach", "aorta", "inferior_vena_cava", "pancreas", "right_adrenal_gland",
                 "left_adrenal_gland", "duodenum", "bladder", "prostate_uterus")
@@ -39,14 +42,6 @@ PORTAL_SPLENIC_VEINS = 16  # painted only for the Synapse label set (AMOS does n
 # internal (AMOS) id -> Synapse id; duodenum, bladder and prostate/uterus are unlabelled in Synapse
 AMOS_TO_SYNAPSE = {**{i: i for i in range(10)}, 10: 11, 11: 12, 12: 13, 13: 0, 14: 0, 15: 0,
                    PORTAL_SPLENIC_VEINS: 10}
-# Published split sizes (docs/algorithms.md §2.2/2.3): AMOS train 216 (labeled 4/10/21/38 at 2/5/10/20 %), eval 24,
-# test 120; Synapse train 20 (labeled 2/4/8 at 10/20/40 %), eval 4, test 6.
-AMOS_SPLIT_SIZES = {"train": 216, "eval": 24, "test": 120}
-AMOS_LABELED = {2: 4, 5: 10, 10: 21, 20: 38}
-SYNAPSE_SPLIT_SIZES = {"train": 20, "eval": 4, "test": 6}
-SYNAPSE_LABELED = {10: 2, 20: 4, 40: 8}
-
-
 class CohortGenerator(Protocol):
     """Anything that makes one labelled volume per seed."""
 
@@ -58,7 +53,11 @@ class CohortGenerator(Protocol):
     labeled_counts: dict[int, int]
 
     def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-        """Return ``(image HU int16 (X,Y,Z), label uint8 (X,Y,Z), spacing mm)`` for subject ``seed``."""
+        """Return ``(image HU int16 (X,Y,Z), label uint8 (X,Y,Z), spacing mm)`` for subject ``seed``.
+
+        A generator with ``mri_counts`` (a dict: split list -> MRI-like subjects in it) also takes
+        ``modality=`` ("ct" or "mri"): :func:`write_cohort` then sets each case's modality from the split.
+        """
         ...
 
 
@@ -155,29 +154,40 @@ class SyntheticAbdomen:
     and renal cysts, noise and bias-field levels. Version 1 (organ HU varying by about 8 HU, sizes by
     +-12 %, positions by 1.5 % of the body) let 10 labeled cases cover the cohort: the labeled-only
     lower bound came within 2 points of the fully supervised bound.
+
+    Version 3: in a written cohort each split list holds as many MRI-like subjects as the published
+    AMOS list (``mri_counts``; the labeled 5 % 3 of 10). Version 2 drew them at random (15 %): its
+    labeled 5 % held none, so no method could learn the MRI-like test cases (Dice about 0 on them for
+    every semi-supervised row under ``cpu-long``), where the real split labels three MRI scans.
     """
 
     name = "synthetic-amos"
-    version = "2"  # bump when generate() changes what it draws; a new version generates a new cohort folder
+    version = "3"  # bump when generate() changes what it draws; a new version generates a new cohort folder
     class_names = AMOS_CLASSES
     large_organs = AMOS_LARGE
     split_sizes = AMOS_SPLIT_SIZES
     labeled_counts = AMOS_LABELED
     field_of_view_mm = (350.0, 300.0, 320.0)
     paint_portal_veins = False
-    mri_share = 0.15
+    mri_share = 0.15  # a subject drawn alone (generate without ``modality``); written cohorts use mri_counts
+    mri_counts: dict[str, int] | None = AMOS_MRI_COUNTS
     upper_abdomen_share = 0.25
     position_jitter = 0.03
     size_range = (0.8, 1.2)
 
-    def subject(self, seed: int) -> Subject:
-        """The subject drawn for ``seed`` (the first draws of :meth:`generate`)."""
-        return self._draw_subject(np.random.default_rng(seed))
+    def subject(self, seed: int, modality: str | None = None) -> Subject:
+        """The subject drawn for ``seed`` (the first draws of :meth:`generate`); ``modality`` ("ct" or
+        "mri") replaces the drawn one and leaves every other draw as it was."""
+        return self._draw_subject(np.random.default_rng(seed), modality)
 
-    def _draw_subject(self, rng: np.random.Generator) -> Subject:
-        mri = rng.random() < self.mri_share
+    def _draw_subject(self, rng: np.random.Generator, modality: str | None = None) -> Subject:
+        if modality not in (None, "ct", "mri"):
+            raise ValueError(f"modality must be 'ct' or 'mri', not {modality!r}")
+        drawn_mri = rng.random() < self.mri_share
+        mri = drawn_mri if modality is None else modality == "mri"
         phases = list(PHASE_SHARE)
-        phase = "none" if mri else phases[int(rng.choice(len(phases), p=list(PHASE_SHARE.values())))]
+        ct_phase = phases[int(rng.choice(len(phases), p=list(PHASE_SHARE.values())))]  # drawn for MRI too
+        phase = "none" if mri else ct_phase
         upper = rng.random() < self.upper_abdomen_share
         low = rng.uniform(0.25, 0.40) if upper else rng.uniform(-0.05, 0.08)
         high = rng.uniform(0.93, 1.05)
@@ -186,9 +196,10 @@ class SyntheticAbdomen:
                        float(rng.uniform(0.02, 0.09)), int(rng.choice(4, p=[0.6, 0.2, 0.12, 0.08])),
                        int(rng.random() < 0.2), float(rng.uniform(8.0, 30.0)), float(rng.uniform(10.0, 45.0)))
 
-    def generate(self, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    def generate(self, shape: tuple[int, int, int], seed: int,
+                 modality: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
         rng = np.random.default_rng(seed)
-        subject = self._draw_subject(rng)
+        subject = self._draw_subject(rng, modality)
         axes = [np.linspace(0.0, 1.0, s, dtype=np.float32) for s in shape]
         x, y, z = np.meshgrid(*axes, indexing="ij")
         sx, sy = subject.body_scale
@@ -296,8 +307,9 @@ class SyntheticSynapse(SyntheticAbdomen):
     the Synapse split sizes (20 / 4 / 6)."""
 
     name = "synthetic-synapse"
-    version = "2"
+    version = "2"  # its volumes and splits are those of version 2 (no MRI-like subjects to place)
     mri_share = 0.0  # BTCV: portal-venous CT only
+    mri_counts = None
     class_names = SYNAPSE_CLASSES
     large_organs = SYNAPSE_LARGE
     split_sizes = SYNAPSE_SPLIT_SIZES
@@ -309,20 +321,6 @@ class SyntheticSynapse(SyntheticAbdomen):
         for source, target in AMOS_TO_SYNAPSE.items():
             lut[source] = target
         return lut[label]
-
-
-def synthetic_split_ids(sizes: dict[str, int] = AMOS_SPLIT_SIZES,
-                        labeled_counts: dict[int, int] = AMOS_LABELED) -> dict[str, list[str]]:
-    """Split lists with the published sizes (train/eval/test and nested labeled/unlabeled subsets)."""
-    ids = [f"syn_{i:04d}" for i in range(1, sum(sizes.values()) + 1)]
-    train, rest = ids[:sizes["train"]], ids[sizes["train"]:]
-    splits = {"train": train, "eval": rest[:sizes["eval"]], "test": rest[sizes["eval"]:]}
-    order = np.random.default_rng(0).permutation(len(train))  # labeled subsets are nested, as real practice
-    for percent, n in labeled_counts.items():
-        labeled = sorted(train[i] for i in order[:n])
-        splits[f"labeled_{percent}p"] = labeled
-        splits[f"unlabeled_{percent}p"] = [c for c in train if c not in set(labeled)]
-    return splits
 
 
 def _write_nifti(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
@@ -345,11 +343,15 @@ def write_cohort(generator: CohortGenerator, root: str | Path, shape: tuple[int,
             (tmp / sub).mkdir()
         splits = synthetic_split_ids(generator.split_sizes, generator.labeled_counts)
         all_ids = splits["train"] + splits["eval"] + splits["test"]
+        mri_counts = getattr(generator, "mri_counts", None)
+        plan = modality_plan(splits, mri_counts, seed) if mri_counts else {}
         subjects: list[dict[str, object]] = []
         for index, case_id in enumerate(all_ids):
-            image, label, spacing = generator.generate(shape, seed * 100_000 + index)
+            subject_seed = seed * 100_000 + index
+            chosen = {"modality": plan[case_id]} if plan else {}
+            image, label, spacing = generator.generate(shape, subject_seed, **chosen)
             if hasattr(generator, "subject"):
-                subjects.append({"case": case_id, **generator.subject(seed * 100_000 + index).record()})
+                subjects.append({"case": case_id, **generator.subject(subject_seed, **chosen).record()})
             _write_nifti(image, spacing, tmp / "imagesTr" / f"{case_id}_0000.nii.gz")
             _write_nifti(label, spacing, tmp / "labelsTr" / f"{case_id}.nii.gz")
         sums = []
