@@ -203,10 +203,11 @@ def test_written_cohort_places_mri_subjects_as_the_published_split(tiny_cohort: 
     counts = {n: sum(modality[c] == "mri" for c in read_split(info, n))
               for n in ("labeled_2p", "labeled_5p", "labeled_10p", "train", "eval", "test")}
     assert counts == {"labeled_2p": 0, "labeled_5p": 3, "labeled_10p": 5, "train": 34, "eval": 6, "test": 20}
-    gen = SyntheticAbdomen()
-    case = read_split(info, "labeled_5p")[0]
-    index = int(case.split("_")[1]) - 1
-    assert gen.subject(index, modality=modality[case]).modality == modality[case]
+    rows = {line.split(",")[0]: line for line in (tiny_cohort / "subjects.csv").read_text().splitlines()[1:]}
+    mri_case = next(c for c in read_split(info, "labeled_5p") if modality[c] == "mri")
+    index = int(mri_case.split("_")[1]) - 1  # the cohort's seed 0: subject seed = case position
+    recorded = SyntheticAbdomen().subject(index, modality="mri").record()
+    assert rows[mri_case] == ",".join([mri_case, *(str(v) for v in recorded.values())])
 
 
 def test_a_chosen_modality_changes_only_the_modality() -> None:

@@ -42,6 +42,8 @@ PORTAL_SPLENIC_VEINS = 16  # painted only for the Synapse label set (AMOS does n
 # internal (AMOS) id -> Synapse id; duodenum, bladder and prostate/uterus are unlabelled in Synapse
 AMOS_TO_SYNAPSE = {**{i: i for i in range(10)}, 10: 11, 11: 12, 12: 13, 13: 0, 14: 0, 15: 0,
                    PORTAL_SPLENIC_VEINS: 10}
+
+
 class CohortGenerator(Protocol):
     """Anything that makes one labelled volume per seed."""
 
