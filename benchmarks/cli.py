@@ -113,6 +113,10 @@ def cmd_figure(args: argparse.Namespace) -> int:
                            _csv(args.cases))
         print(f"wrote {render_fig4(data, out)}")
         return 0
+    if args.name == "curves":
+        from reports.curves import render_curves
+        print(f"wrote {render_curves(args.study, args.profile, out, args.metric, cells=cells)}")
+        return 0
     render = {"fig1": render_fig1, "fig6": render_fig6}[args.name]
     print(f"wrote {render(args.study, args.profile, out, cells=cells)}")
     return 0
@@ -286,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", help="also render these methods' cells at the study's seeds (e.g. a method "
                         "not in the study yet, trained with run --methods)")
     report.set_defaults(func=cmd_report)
-    figure = sub.add_parser("figure", help="render fig1 (organ size vs shape), fig4 (qualitative comparison) or fig6 (Dice vs FLOPs)")
-    figure.add_argument("name", choices=["fig1", "fig4", "fig6"])
+    figure = sub.add_parser("figure", help="render fig1 (organ size vs shape), fig4 (qualitative comparison), fig6 "
+                            "(Dice vs FLOPs) or curves (a training metric against the iteration)")
+    figure.add_argument("name", choices=["fig1", "fig4", "fig6", "curves"])
+    figure.add_argument("--metric", default="loss_loc", help="curves: the logged train/<metric> (default loss_loc, "
+                        "the cube-location loss, drawn with its uniform-guess lines)")
     figure.add_argument("--reference", default="tak", help="fig4: the method whose per-case Dice picks the cases")
     figure.add_argument("--cases", help="fig4: comma-separated test case ids (default: median and worst case of "
                         "the small organs)")

@@ -147,3 +147,40 @@ def test_a_table_names_the_machines_its_rows_were_trained_on() -> None:
     runs["tags.accelerator"] = "none"
     runs["tags.torch_threads"] = "2"
     assert build_table(runs, "dice").header["computed on"] == "AVX2 CPU, 2 threads, torch 2.14.1"
+
+
+def test_training_curves_of_a_study(store: Path, tiny_cohort: Path, capsys: pytest.CaptureFixture) -> None:
+    """``figure curves``: every run's logged history of one metric, per method, from MLflow; a metric
+    no run logged (the location loss, without a magic-cube method) is one line and exit 1."""
+    import mlflow
+    out = store / "out" / "curves"
+    data = ["--data", str(tiny_cohort)]
+    assert main(["figure", "curves", "--metric", "loss", "--study", "table2", "--profile", "smoke", *data,
+                 "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "curves_loss.csv")
+    assert sorted(frame["method"].unique()) == ["CPS", "V-Net (fully)", "V-Net (labeled only)"]
+    run_id = frame["run_id"].iloc[0]
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "train/loss")
+    mine = frame[frame["run_id"] == run_id]
+    assert mine["step"].tolist() == sorted(p.step for p in history)  # the whole curve, in order
+    assert mine["cubes"].isna().all()  # no cube grid outside the magic-cube methods
+    assert (out / "curves_loss.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["figure", "curves", "--study", "table2", "--profile", "smoke", *data, "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train/loss_loc" in err[0]
+
+
+def test_location_loss_curve_has_the_uniform_guess_lines(tiny_cohort: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MagicNet run under smoke (2 x 1 x 1 cubes): its location loss is drawn with cubes = 2, and the
+    first logged value sits near ln 2 (an untrained head guesses about uniformly)."""
+    from reports.curves import cube_count, uniform_guess_loss
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data = ["--data", str(tiny_cohort)]
+    assert main(["run", "table2", "--profile", "smoke", *data, "--methods", "magicnet", "--no-progress"]) == 0
+    assert main(["figure", "curves", "--study", "table2", "--profile", "smoke", *data, "--out", str(tmp_path)]) == 0
+    frame = pd.read_csv(tmp_path / "curves_loss_loc.csv")
+    assert set(frame["cubes"]) == {2} and cube_count("[2, 1, 2]") == 4 and cube_count("") is None
+    first = frame.sort_values("step")["value"].iloc[0]
+    assert abs(first - uniform_guess_loss(2)) < 0.5
