@@ -25,6 +25,7 @@ from reports.queries import finished_runs  # noqa: E402
 from reports.tables import method_labels  # noqa: E402
 
 LEARNS_BELOW = 0.9  # the location head learns when its loss ends below this share of a uniform guess
+SMOOTH = 5  # logged points in the running mean drawn over each curve (the CSV keeps the logged values)
 
 
 def uniform_guess_loss(cubes: int) -> float:
@@ -65,12 +66,15 @@ def curve_frame(runs: pd.DataFrame, metric: str, client: MlflowClient | None = N
 def render_curves(study: str, profile: str, out_dir: Path, metric: str = "loss_loc",
                   cells: list[dict[str, object]] | None = None) -> Path:
     """``curves_<metric>.png`` and ``.csv`` in ``out_dir``: ``train/<metric>`` of the study's finished runs
-    (log scale when every value is positive); for ``loss_loc`` with the uniform-guess lines."""
+    (log scale when every value is positive), each faint as logged and solid as the running mean of
+    ``SMOOTH`` logged points; for ``loss_loc`` with the uniform-guess lines."""
     runs = finished_runs(study, profile, cells=cells)
     frame = curve_frame(runs, metric)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, points in frame.groupby("method", sort=True):
-        ax.plot(points["step"], points["value"], label=method, linewidth=1.4)
+    for method, points in frame.groupby("method", sort=True):  # one batch per logged point: noisy, so
+        line, = ax.plot(points["step"], points["value"], linewidth=0.8, alpha=0.35)  # drawn faint, with
+        ax.plot(points["step"], points["value"].rolling(SMOOTH, min_periods=1).mean(), color=line.get_color(),
+                label=method, linewidth=1.6)  # the mean of the last SMOOTH logged points over it
     if metric == "loss_loc":
         for cubes in sorted(frame["cubes"].dropna().unique()):
             guess = uniform_guess_loss(int(cubes))
