@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from reports.errors import NoRunsError  # noqa: E402
+from reports.figures import save_figure  # noqa: E402
 from reports.queries import finished_runs  # noqa: E402
 from reports.tables import method_labels  # noqa: E402
 
@@ -46,16 +47,17 @@ def cube_count(grid: str) -> int | None:
 
 
 def curve_frame(runs: pd.DataFrame, metric: str, client: MlflowClient | None = None) -> pd.DataFrame:
-    """Columns ``method`` (the table's label), ``run_id``, ``step`` (iteration), ``value`` and ``cubes``
+    """Columns ``method`` (the table's label), ``seed``, ``run_id``, ``step`` (iteration), ``value`` and ``cubes``
     (None outside the magic-cube methods): the full history of ``train/<metric>`` of each run in
     ``runs`` that logged it; raises :class:`NoRunsError` when none did."""
     client = client or MlflowClient()
     labels = method_labels(runs)
     grids = runs.get("params.method_config.cube_grid", pd.Series([None] * len(runs), index=runs.index))
+    seeds = runs.get("tags.seed", pd.Series([""] * len(runs), index=runs.index))
     rows = []
     for index, run in runs.iterrows():
         for point in client.get_metric_history(run["run_id"], f"train/{metric}"):
-            rows.append({"method": labels[index], "run_id": run["run_id"], "step": point.step,
+            rows.append({"method": labels[index], "seed": seeds[index], "run_id": run["run_id"], "step": point.step,
                          "value": point.value, "cubes": cube_count(grids[index])})
     if not rows:
         raise NoRunsError(f"no run of the study logged train/{metric} (the methods log it only if their "
@@ -71,10 +73,12 @@ def render_curves(study: str, profile: str, out_dir: Path, metric: str = "loss_l
     runs = finished_runs(study, profile, cells=cells)
     frame = curve_frame(runs, metric)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, points in frame.groupby("method", sort=True):  # one batch per logged point: noisy, so
-        line, = ax.plot(points["step"], points["value"], linewidth=0.8, alpha=0.35)  # drawn faint, with
+    runs_per_method = frame.groupby("method")["run_id"].nunique()
+    for (method, seed, _), points in frame.groupby(["method", "seed", "run_id"], sort=True):  # one curve a run
+        label = method if runs_per_method[method] == 1 else f"{method}, seed {seed}"
+        line, = ax.plot(points["step"], points["value"], linewidth=0.8, alpha=0.35)  # one batch per logged
         ax.plot(points["step"], points["value"].rolling(SMOOTH, min_periods=1).mean(), color=line.get_color(),
-                label=method, linewidth=1.6)  # the mean of the last SMOOTH logged points over it
+                label=label, linewidth=1.6)  # point is noisy: faint as logged, the running mean solid
     if metric == "loss_loc":
         for cubes in sorted(frame["cubes"].dropna().unique()):
             guess = uniform_guess_loss(int(cubes))
@@ -93,9 +97,4 @@ def render_curves(study: str, profile: str, out_dir: Path, metric: str = "loss_l
                  fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"curves_{metric}.png"
-    fig.savefig(png, dpi=130)
-    plt.close(fig)
-    frame.to_csv(out_dir / f"curves_{metric}.csv", index=False)
-    return png
+    return save_figure(fig, frame, out_dir, f"curves_{metric}")

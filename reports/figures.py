@@ -56,7 +56,7 @@ def render_fig1(study: str, profile: str, out_dir: Path, method: str = "tak", ba
     fig.tight_layout()
     place_labels(ax, frame["share"], frame["hull"],
                  [f"{ORGAN_ABBREV.get(row.organ, row.organ)} {row.gain:+.1f}" for row in frame.itertuples()])
-    return _save(fig, frame, out_dir, "fig1")
+    return save_figure(fig, frame, out_dir, "fig1")
 
 
 def render_fig6(study: str, profile: str, out_dir: Path, cells: list[dict[str, object]] | None = None) -> Path:
@@ -78,10 +78,10 @@ def render_fig6(study: str, profile: str, out_dir: Path, cells: list[dict[str, o
     fig.tight_layout()
     place_labels(ax, summary["gflops"], summary["dice"],
                  [f"{row.method} ({row.params:.1f} M)" for row in summary.itertuples()])
-    return _save(fig, summary, out_dir, "fig6")
+    return save_figure(fig, summary, out_dir, "fig6")
 
 
-def _save(fig: plt.Figure, data: pd.DataFrame, out_dir: Path, name: str) -> Path:
+def save_figure(fig: plt.Figure, data: pd.DataFrame, out_dir: Path, name: str) -> Path:
     """Write ``<name>.png`` and the plotted numbers as ``<name>.csv``; returns the PNG path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / f"{name}.png", dpi=130)
