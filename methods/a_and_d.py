@@ -18,6 +18,9 @@ poly learning rate and the ``mu`` ramp run over it (the reference counts epochs 
 set); the sampler's crops and augmentation (the reference's StrongAug: rotation, scale, blur,
 brightness, contrast, gamma) are the harness's, the same for every method; model selection is the
 study's. Dropout3d(0.1) in every unit follows the config's ``dropout`` flag with the 0.5 dropouts.
+The Gumbel noise is drawn from ``torch.rand`` (:func:`gumbel_softmax`), not ``F.gumbel_softmax``'s
+``exponential_``, whose CPU kernel gives other numbers for the same seed on AVX2 and AVX-512 CPUs; the
+distribution is the same.
 """
 from __future__ import annotations
 
@@ -54,6 +57,25 @@ class AandDConfig(MethodConfig):
     """Gaussian smoothing (kernel 3) of the Gumbel-softmaxed diffusion sample."""
 
 
+def gumbel_softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``softmax(logits + g)`` along ``dim`` with standard Gumbel noise ``g = -log(-log(1 - U))``, ``U``
+    from ``torch.rand`` (temperature 1, soft), as ``F.gumbel_softmax(logits, dim=dim)``.
+
+    ``F.gumbel_softmax`` draws ``-log(E)`` with ``E`` from ``exponential_``, whose CPU kernel returns
+    other numbers for the same seed on an AVX-512 CPU than on an AVX2 one, so A&D's pseudo-labels (and
+    its fingerprint in ``tests/golden``) followed the CPU kind. ``torch.rand`` is the same on both.
+    ``E`` is kept above the dtype's smallest normal number (``U = 0`` would give ``g = inf``).
+
+    >>> _ = torch.manual_seed(0)
+    >>> p = gumbel_softmax(torch.zeros(2, 3, 4))
+    >>> p.shape, bool(torch.allclose(p.sum(1), torch.ones(2, 4)))
+    (torch.Size([2, 3, 4]), True)
+    """
+    uniform = torch.rand_like(logits)
+    exponential = (-torch.log1p(-uniform)).clamp_min(torch.finfo(uniform.dtype).tiny)
+    return (logits - exponential.log()).softmax(dim)
+
+
 def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -> torch.Tensor:
     """Per-channel 3-D Gaussian filter ``(B, C, D, H, W)`` with a normalised ``kernel_size^3`` kernel and
     zero padding ("same" size), as the reference's ``GaussianSmoothing``.
@@ -71,7 +93,8 @@ def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -
     return F.conv3d(x, weight, padding=kernel_size // 2, groups=channels)
 
 
-@register("and", title="A&D", group="imbalance", version="1", config=AandDConfig)
+# 2: the Gumbel noise from torch.rand (gumbel_softmax), the same on every CPU kind.
+@register("and", title="A&D", group="imbalance", version="2", config=AandDConfig)
 class AandD(Method):
     relative_step_cost = 7.6  # scheduling hint (methods.base.Method)
     unsupervised_weight_field = "mu"
@@ -94,7 +117,7 @@ class AandD(Method):
         shape = (image_u.shape[0], self.num_classes, *image_u.shape[2:])
         sample = ddim_sample(lambda x_t, t: self.net.denoise(x_t, t, image_u), shape, self.schedule,
                              self.config.ddim_steps, device=image_u.device)
-        diffusion_probs = gaussian_smooth(F.gumbel_softmax(sample, dim=1), 3, self.config.smoothing_sigma)
+        diffusion_probs = gaussian_smooth(gumbel_softmax(sample, dim=1), 3, self.config.smoothing_sigma)
         psi_probs = self.net.decoder_psi(self.net.features(image_u)).softmax(1)
         return class_argmax(diffusion_probs + psi_probs)
 

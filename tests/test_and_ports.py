@@ -15,6 +15,7 @@ from methods import Batch, get_method
 from methods.common.class_weights import DifficultyWeighting
 from methods.common.diff_vnet import DiffVNet
 from methods.common.diffusion import LinearSchedule, ddim_sample
+from methods.a_and_d import gumbel_softmax
 from methods.desco import other_view
 
 NUM_CLASSES, PATCH = 3, (16, 16, 16)
@@ -35,6 +36,33 @@ def batch(seed: int = 0) -> Batch:
 
 
 # -- A&D ------------------------------------------------------------------------------------------
+
+def test_gumbel_noise_is_minus_log_minus_log_of_torch_rand() -> None:
+    """The noise comes from the seeded torch.rand stream (the same on every CPU kind), as -log(-log(1 - U))."""
+    logits = torch.randn(2, 4, 3, 3, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    uniform = torch.rand_like(logits)
+    expected = (logits - torch.log(-torch.log1p(-uniform))).softmax(1)
+    torch.manual_seed(5)
+    assert torch.allclose(gumbel_softmax(logits, dim=1), expected, rtol=0, atol=1e-12)
+
+
+def test_gumbel_noise_has_the_gumbel_distribution() -> None:
+    """The difference of two classes' noise, read off a two-class softmax of equal logits, is logistic
+    (the difference of two standard Gumbels): mean 0, variance pi^2 / 3."""
+    torch.manual_seed(0)
+    probs = gumbel_softmax(torch.zeros(200_000, 2, dtype=torch.float64), dim=1)
+    difference = torch.log(probs[:, 0] / probs[:, 1])  # g_0 - g_1: logistic, mean 0, variance pi^2 / 3
+    assert abs(float(difference.mean())) < 0.02
+    assert float(difference.var()) == pytest.approx(math.pi ** 2 / 3, rel=0.02)
+
+
+def test_gumbel_softmax_stays_finite_when_the_uniform_draw_is_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """U = 0 would give -log(0) = inf noise and a NaN softmax; the draw is kept finite."""
+    monkeypatch.setattr(torch, "rand_like", lambda x: torch.zeros_like(x))
+    probs = gumbel_softmax(torch.zeros(1, 3, 2, dtype=torch.float32), dim=1)
+    assert bool(torch.isfinite(probs).all()) and torch.allclose(probs.sum(1), torch.ones(1, 2))
+
 def test_aggregation_pulls_theta_to_the_mean_of_xi_and_psi() -> None:
     net = DiffVNet(1, NUM_CLASSES, base_filters=2, norm="batch", dropout=False)
     with torch.no_grad():
