@@ -57,16 +57,21 @@ def study_cells(study, profile, data_dir: str | None = None,
 
 
 def output_folder(path: Path) -> Path:
-    """``path`` as a folder to write into: created when absent; a file in its place, or no permission to
-    create or write it, is a one-line ConfigError before anything is rendered."""
+    """``path`` as a folder to write into, checked before anything is rendered: a file in its place or in
+    the way of its parents, or no permission to create or write it, is a one-line ConfigError. Nothing
+    is created here (the renderer creates the folder when it writes), so a report that fails leaves
+    no empty folder behind."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: is a file, not a folder for the report (pass --out FOLDER)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create the report folder ({exc.strerror or type(exc).__name__})") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"{path}: the report folder is not writable")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{path}: cannot create the report folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "the report folder is not writable" if existing == path else \
+            f"cannot create the report folder ({existing} is not writable)"
+        raise ConfigError(f"{path}: {reason}")
     return path
 
 

@@ -115,9 +115,20 @@ def test_split_naming_missing_case_fails(cohort_copy: Path, mlflow_store: str, c
     assert finished(mlflow_store).empty
 
 
-def test_report_without_runs_is_a_clear_error(mlflow_store: str, capsys: pytest.CaptureFixture) -> None:
-    code, err = in_process(capsys, "report", "table2", "--profile", "smoke")
+def test_report_without_runs_is_a_clear_error(mlflow_store: str, capsys: pytest.CaptureFixture,
+                                              tmp_path: Path) -> None:
+    """A report with nothing to show fails in one line and leaves no (empty) output folder behind."""
+    out = tmp_path / "reports" / "table2"
+    code, err = in_process(capsys, "report", "table2", "--profile", "smoke", "--out", str(out))
     assert code == 2 and "run the study first" in err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_report_folder_under_a_file_is_refused_before_rendering(mlflow_store: str, capsys: pytest.CaptureFixture,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    code, err = in_process(capsys, "report", "table2", "--profile", "smoke", "--out", str(tmp_path / "afile" / "sub"))
+    assert code == 2 and "afile is a file" in err
 
 
 def test_list_methods() -> None:
