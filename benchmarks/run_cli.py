@@ -41,9 +41,9 @@ def dispatch_for(args: argparse.Namespace, profile: Profile) -> Callable[..., An
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    study, profile = load_study(args.study), load_profile(args.profile)  # a bad study is refused before torch loads
     from benchmarks.launch import check_device
     from benchmarks.runner import StudyRunner
-    study, profile = load_study(args.study), load_profile(args.profile)
     if study.kind != "cost":
         check_device(profile)
     if study.kind == "cost":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from benchmarks.config import PROJECT_ROOT, load_profile
-from benchmarks.data import read_split, split_name
-from benchmarks.data.prepare import read_label_map_lps
-from benchmarks.data.sources import resolve_dataset
+
+if TYPE_CHECKING:  # imported where used: the harness CLI registers these commands on every start
+    import numpy as np
+    import pandas as pd
 
 REALDATA_DIR = PROJECT_ROOT.parent / "shared" / "realdata"
 DEFAULT_REAL = {"amos": "ts_example_ct_label_amos15.nii.gz", "synapse": "ts_example_ct_label_btcv13.nii.gz"}
@@ -29,6 +28,9 @@ DEFAULT_LABELED_RATIO = {"amos": 0.05, "synapse": 0.2}
 def _dataset_labels(args: argparse.Namespace, all_cases: bool) -> tuple[str, list[np.ndarray], list, dict[str, int]]:
     """``(name, label maps, spacings, label index)`` of the synthetic cohort of ``--profile`` or of
     ``--data DIR``: all its cases, or (``all_cases=False``) its labeled split."""
+    from benchmarks.data import read_split, split_name
+    from benchmarks.data.prepare import read_label_map_lps
+    from benchmarks.data.sources import resolve_dataset
     info = resolve_dataset(args.dataset, load_profile(args.profile), getattr(args, "data", None))
     if all_cases:
         ids = list(dict.fromkeys(i for part in ("train", "eval", "test") for i in read_split(info, part)))
@@ -44,6 +46,7 @@ def _dataset_labels(args: argparse.Namespace, all_cases: bool) -> tuple[str, lis
 
 
 def _share(value: object) -> str:
+    import pandas as pd
     return "n/a" if value is None or pd.isna(value) else f"{100 * float(value):.0f}%"
 
 
@@ -60,6 +63,9 @@ def _verdict(synthetic: object, real: object) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from benchmarks.data.prepare import read_label_map_lps
     from tak.knowledge import knowledge_sha256, load_knowledge
     from tak.validator import validate_knowledge
     kb = load_knowledge(args.knowledge or args.dataset)
@@ -118,6 +124,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _fmt(value: object) -> str:
+    import pandas as pd
     return "" if value is None or pd.isna(value) else f"{float(value):.3g}"
 
 
