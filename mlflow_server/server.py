@@ -10,6 +10,10 @@ PostgreSQL for many concurrent writers.
 ``MLFLOW_TRACKING_URI``; ``stop`` terminates exactly the process named in the pid file (and its
 workers). A server that is already running is reported, not started twice.
 
+MLflow's job runner (seven ``huey_consumer`` processes for its GenAI evaluation jobs, which the suite
+never submits) is left off: on a 2-core machine it takes CPU from the training beside the server. The
+user's own ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` wins when set.
+
 The pid file is trusted only as far as it can be checked (:func:`_verified_pid`): ``stop`` signals a
 process group only when its leader is alive, has a pid above 1 that is not this process's own group,
 was started at the time the pid file records, and runs ``mlflow server`` on this port. A stale, foreign,
@@ -149,8 +153,9 @@ def start(config: ServerConfig = ServerConfig(), wait_s: float = 90.0) -> str:
                "--artifacts-destination", str(config.artifacts), "--host", config.host,
                "--port", str(config.port), "--workers", str(config.workers)]
     log = open(config.log_file, "ab")
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no job runner unless asked for
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               cwd=config.root)
+                               cwd=config.root, env=env)
     config.pid_file.write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid),
                                            "url": config.url, "backend": config.backend}))
     deadline = time.time() + wait_s

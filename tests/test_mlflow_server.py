@@ -1,6 +1,7 @@
 """A real ``mlflow server``: start/health/stop, a study logged through it, four concurrent writers."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -49,11 +50,27 @@ def test_serves_the_embedded_store(server) -> None:
     assert "x,12.5" in text
 
 
-def test_start_is_healthy_and_idempotent(server) -> None:
+def _group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes in process group ``pgid``."""
+    commands = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    commands.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, ProcessLookupError):
+                continue
+    return commands
+
+
+def test_start_is_healthy_and_idempotent_without_mlflows_job_runner(server) -> None:
     config, url = server
     assert healthy(url) and config.pid_file.is_file()
     assert start(config) == url  # already running: reported, not started twice
     assert "healthy" in status(config)
+    commands = _group_commands(int(json.loads(config.pid_file.read_text())["pid"]))
+    assert any("mlflow" in c and "server" in c for c in commands), commands
+    assert not any("huey_consumer" in c for c in commands), commands  # seven idle job processes otherwise
 
 
 def test_study_logs_through_the_server(server, tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,17 +138,6 @@ def test_two_launchers_through_the_server_train_a_cell_once(server, tiny_cohort:
     summaries = [out.strip().splitlines()[-1] for _, out, _ in outcomes]
     assert sum("1 run(s) trained" in s for s in summaries) == 1, summaries
     assert sum("running elsewhere" in s or "1 already finished" in s for s in summaries) == 1, summaries
-
-
-def test_stop_ends_exactly_that_process(tmp_path: Path) -> None:
-    config = ServerConfig(port=free_port(), root=tmp_path)
-    start(config)
-    pid = int(__import__("json").loads(config.pid_file.read_text())["pid"])
-    assert stop(config) is True
-    assert not healthy(config.url) and not config.pid_file.exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-    assert stop(config) is False
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -217,3 +223,14 @@ def test_browser_opens_an_experiment_on_its_runs_and_a_run_shows_its_dataset_and
             page.screenshot(path=str(ARTIFACTS / "mlflow_run.png"))
         finally:
             browser.close()
+
+
+def test_stop_ends_exactly_that_process(server) -> None:
+    """The module's server itself (this test is the module's last: starting another takes seconds)."""
+    config, _ = server
+    pid = int(json.loads(config.pid_file.read_text())["pid"])
+    assert stop(config) is True
+    assert not healthy(config.url) and not config.pid_file.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert stop(config) is False
