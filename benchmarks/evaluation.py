@@ -17,7 +17,7 @@ from methods.common.kernels import class_argmax
 
 def predict_case(method: Method, case: Case, patch: Sequence[int], stride: Sequence[int]) -> np.ndarray:
     """Label map ``(X, Y, Z)`` predicted for ``case`` (argmax of the uniformly averaged softmax)."""
-    image = torch.from_numpy(case.image)[None, None].to(method.device)
+    image = torch.tensor(case.image)[None, None].to(method.device)  # a copy: cached cases are read-only
     probs = sliding_window_probs(image, method.predict, patch, stride)
     return class_argmax(probs)[0].cpu().numpy().astype(np.uint8)
 

@@ -108,11 +108,11 @@ def validation_dice(method: Method, cases: Sequence[Case], num_classes: int, rul
     for case in cases:
         if rule.window == "centre_crop":
             image, label = centre_crop(case.image, patch), centre_crop(case.label, patch)
-            x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(method.device)
+            x = torch.tensor(image)[None, None].to(method.device)  # a copy: cached cases are read-only
             pred = class_argmax(method.predict(x))[0].cpu().numpy()
         else:
             label = case.label
-            x = torch.from_numpy(case.image)[None, None].to(method.device)
+            x = torch.tensor(case.image)[None, None].to(method.device)
             pred = class_argmax(sliding_window_probs(x, method.predict, patch, stride))[0].cpu().numpy()
         values = []
         for c in range(1, num_classes):

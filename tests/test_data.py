@@ -70,6 +70,39 @@ def test_garbage_nifti_is_named(cohort_copy: Path) -> None:
         read_case(info, "syn_0004")
 
 
+def test_a_case_is_decoded_once_per_process_read_only_and_again_when_its_file_changes(cohort_copy: Path) -> None:
+    """The second read of an unchanged case is the same decoded object, its arrays cannot be written,
+    and a file rewritten in place is decoded again."""
+    import dataclasses
+    info = load_dataset(cohort_copy)
+    first = read_case(info, "syn_0008")
+    assert read_case(info, "syn_0008") is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.image[0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="read-only"):
+        first.label[0, 0, 0] = 1
+    other_window = dataclasses.replace(info, intensity_window=(info.intensity_window[0], info.intensity_window[1] + 100))
+    assert not np.array_equal(read_case(other_window, "syn_0008").image, first.image)  # decoding depends on it
+    path = info.image_path("syn_0008")
+    _rewrite(path, lambda a: a + 10)
+    again = read_case(info, "syn_0008")
+    assert again is not first and not np.array_equal(again.image, first.image)
+    assert np.array_equal(again.label, first.label)
+
+
+def test_the_case_cache_keeps_the_most_recent_cases_within_its_bytes(cohort_copy: Path) -> None:
+    from benchmarks.data.nifti import _CaseCache
+    info = load_dataset(cohort_copy)
+    cases = [read_case(info, f"syn_{i:04d}") for i in (1, 2, 3)]
+    size = cases[0].image.nbytes + cases[0].label.nbytes
+    cache = _CaseCache(max_bytes=2 * size)
+    for i, case in enumerate(cases):
+        cache.put(("key", i), case)
+    assert cache.get(("key", 0)) is None and cache.get(("key", 1)) is cases[1] and cache.nbytes == 2 * size
+    cache.put(("key", 3), cases[0])  # key 2 is now the least recently used
+    assert cache.get(("key", 2)) is None and cache.get(("key", 1)) is cases[1]
+
+
 def _rewrite(path: Path, fn) -> None:
     img = nib.load(str(path))
     data = fn(np.asarray(img.dataobj))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,8 +176,58 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, 
     return data, img.affine, spacing  # type: ignore[return-value]
 
 
+class _CaseCache:
+    """Decoded cases shared by every reader in this process (a launch reads the whole cohort; the tests
+    and the Python API run many launches in one process), least recently used first out beyond
+    ``max_bytes``. Keyed by what decoding depends on: both files' identity and modification time and
+    the dataset definition's window, rule and class count."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self.cases: OrderedDict[tuple, Case] = OrderedDict()
+
+    def get(self, key: tuple) -> Case | None:
+        case = self.cases.get(key)
+        if case is not None:
+            self.cases.move_to_end(key)
+        return case
+
+    def put(self, key: tuple, case: Case) -> None:
+        case.image.flags.writeable = case.label.flags.writeable = False  # shared: nobody may change it
+        self.cases[key] = case
+        self.nbytes += case.image.nbytes + case.label.nbytes
+        while self.nbytes > self.max_bytes and len(self.cases) > 1:
+            _, old = self.cases.popitem(last=False)
+            self.nbytes -= old.image.nbytes + old.label.nbytes
+
+
+_CASES = _CaseCache()
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int, int]:
+    """``(device, inode, size, mtime ns)``: a rewritten file, even of the same size, gets another stamp."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_case(info: DatasetInfo, case_id: str) -> Case:
-    """Load, check and window one case (image clipped to the window then scaled to [0, 1])."""
+    """Load, check and window one case (image clipped to the window then scaled to [0, 1]).
+
+    Decoded cases are kept per process (:class:`_CaseCache`, 1 GiB); their arrays are read-only."""
+    image_path, label_path = info.image_path(case_id), info.label_path(case_id)
+    try:
+        key = (str(image_path), _file_stamp(image_path), str(label_path), _file_stamp(label_path),
+               info.intensity_window, info.intensity_norm, info.num_classes)
+    except OSError:
+        return _decode_case(info, case_id)  # read_nifti names the missing file
+    case = _CASES.get(key)
+    if case is None:
+        case = _decode_case(info, case_id)
+        _CASES.put(key, case)
+    return case
+
+
+def _decode_case(info: DatasetInfo, case_id: str) -> Case:
     image_path, label_path = info.image_path(case_id), info.label_path(case_id)
     image, affine, spacing = read_nifti(image_path)
     label, label_affine, _ = read_nifti(label_path)
