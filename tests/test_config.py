@@ -123,3 +123,20 @@ def test_the_cost_study_counts_the_configuration_a_run_trains(tiny_cohort: Path)
                                                                                   ["dhc", "magicnet"])}
     assert counted == trained
     assert counted["dhc"]["lr"] == pytest.approx(cpu.lr_scale * 0.03)  # DHC's published 0.03, scaled
+
+
+def test_a_configuration_text_is_parsed_once_and_every_caller_gets_its_own_copy() -> None:
+    """Studies, profiles and the knowledge base are read by every launch: a text seen before is not
+    parsed again, and changing what one caller got changes nothing for the next."""
+    from methods.common import strict_yaml
+    text = "a: {b: [1, 2]}\nc: 3\n# parsed once\n"
+    before = strict_yaml._parse.cache_info().misses
+    first = strict_yaml.load_yaml(text, "x.yaml")
+    first["a"]["b"].append(99)
+    second = strict_yaml.load_yaml(text, "x.yaml")
+    assert second == {"a": {"b": [1, 2]}, "c": 3}
+    assert strict_yaml._parse.cache_info().misses == before + 1
+    with pytest.raises(ConfigError, match="appears twice"):
+        strict_yaml.load_yaml("a: 1\na: 2\n", "dup.yaml")
+    with pytest.raises(ConfigError, match="appears twice"):  # an error is raised again, not remembered as a value
+        strict_yaml.load_yaml("a: 1\na: 2\n", "dup.yaml")

@@ -13,6 +13,8 @@ methods.common.errors.ConfigError: s.yaml: line 2: key 'a' appears twice in one 
 """
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import yaml
@@ -57,7 +59,14 @@ class _DuplicateKey(yaml.YAMLError):
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse ``text`` (from ``source``, named in every error) with the rules of the module docstring;
-    errors are one-line :class:`ConfigError`s of bounded length."""
+    errors are one-line :class:`ConfigError`s of bounded length. A text parsed before in this process
+    is not parsed again (the pure-Python parser takes tens of ms for a study or the knowledge base, read
+    by every launch and every TAK network); each caller gets its own copy."""
+    return copy.deepcopy(_parse(text, source))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(text: str, source: str) -> Any:
     if len(text.encode("utf-8", errors="replace")) > MAX_BYTES:
         raise ConfigError(f"{source}: over {MAX_BYTES // 1024} KiB; not a configuration file")
     try:
