@@ -105,12 +105,12 @@ def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad
 
 
 def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch, empty_store_file: Path) -> None:
     """SIGINT to the driver (the workers are out of the terminal's process group, so it is the only
     signal they get): exit 130, both cells and the launch KILLED with the reason, nothing left
     RUNNING, checkpoints kept; the rerun resumes both and finishes each once."""
     study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
-    env = store(tmp_path, "pool-sigint")
+    env = store(tmp_path, "pool-sigint", empty_store_file)
     checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
     process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
     wait_for_checkpoint(checkpoints, 5, process, timeout=180)
@@ -134,11 +134,11 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
     assert finished["tags.resumed_from_step"].notna().any()
 
 
-def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path) -> None:
+def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path) -> None:
     """SIGTERM to one worker (not the driver): its cell stops at a step boundary, the driver stops the
     other worker the same way and exits 143; nothing stays RUNNING."""
     study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
-    env = store(tmp_path, "pool-worker-sigterm")
+    env = store(tmp_path, "pool-worker-sigterm", empty_store_file)
     process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
     wait_for_checkpoint(Path(env["ORGANBENCH_CHECKPOINT_DIR"]), 5, process, timeout=180)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])

@@ -46,8 +46,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def disconnect():
+    """This process stays connected to the cluster from its first in-process launch to the module's end,
+    as a long-lived driver would: Ray reuses its idle workers (each would otherwise import torch,
+    MLflow and the harness again, about 10 s here). Nothing a cell needs travels in the worker's
+    environment (its store, checkpoints and data are in its CellSpec)."""
     yield
     if ray.is_initialized():
         ray.shutdown()
@@ -131,7 +135,23 @@ def test_a_killed_worker_is_retried_and_its_cell_resumes(cluster: str, disconnec
     assert int(finished["tags.resumed_from_step"]) >= 10  # the retry resumed from the checkpoint
 
 
+def test_the_driver_draws_one_bar_per_running_cell(cluster: str, disconnect, tiny_cohort: Path, tmp_path: Path,
+                                                   mlflow_store: str, capfd: pytest.CaptureFixture) -> None:
+    """With progress on, workers report their iterations to the driver (their own output is not
+    forwarded), which draws a bar per running cell under the bar over the cells; each cell's bar
+    ends at its last iteration."""
+    study = study_file(tmp_path, name="ray-bars", methods=["supervised"])
+    assert main(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--launcher", "ray",
+                 "--address", cluster]) == 0
+    err = capfd.readouterr().err
+    assert "ray-bars [smoke] cells on Ray" in err
+    for seed in (0, 1):
+        assert re.search(rf"supervised seed {seed}( evaluation)?: 100%\|[^\r\n]*\| 12/12", err), err[-2000:]
+
+
 def test_two_drivers_at_once_train_every_cell_once(cluster: str, tiny_cohort: Path, tmp_path: Path) -> None:
+    """Two driver processes launch the same study at once: each cell trained by exactly one of them.
+    (Last in the module: their workers push this process's idle ones out of Ray's pool.)"""
     study = study_file(tmp_path, "ray-two-drivers", budget=12, methods=["supervised"])
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'two.db'}",
            "ORGANBENCH_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "ORGANBENCH_CLAIM_SETTLE_S": "1"}
@@ -146,17 +166,3 @@ def test_two_drivers_at_once_train_every_cell_once(cluster: str, tiny_cohort: Pa
     assert len(finished) == 2 and finished["tags.run_key"].nunique() == 2
     trained = sum(int(out.strip().splitlines()[-1].split(": ")[1].split()[0]) for out, _ in outputs)
     assert trained == 2  # the two summaries together: each cell trained by exactly one driver
-
-
-def test_the_driver_draws_one_bar_per_running_cell(cluster: str, disconnect, tiny_cohort: Path, tmp_path: Path,
-                                                   mlflow_store: str, capfd: pytest.CaptureFixture) -> None:
-    """With progress on, workers report their iterations to the driver (their own output is not
-    forwarded), which draws a bar per running cell under the bar over the cells; each cell's bar
-    ends at its last iteration."""
-    study = study_file(tmp_path, name="ray-bars", methods=["supervised"])
-    assert main(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--launcher", "ray",
-                 "--address", cluster]) == 0
-    err = capfd.readouterr().err
-    assert "ray-bars [smoke] cells on Ray" in err
-    for seed in (0, 1):
-        assert re.search(rf"supervised seed {seed}( evaluation)?: 100%\|[^\r\n]*\| 12/12", err), err[-2000:]

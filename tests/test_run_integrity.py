@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,8 +35,13 @@ def long_study(tmp_path: Path, budget: int = BUDGET, **changes: object) -> str:
                                             "budget": smoke_budget(budget), **changes})
 
 
-def store(tmp_path: Path, name: str) -> dict[str, str]:
+def store(tmp_path: Path, name: str, template: Path | None = None) -> dict[str, str]:
+    """The environment of a launch on its own SQLite store and checkpoint folder under ``tmp_path/name``;
+    the store starts as a copy of ``template`` (an empty store: no migrations to run) when given."""
     folder = tmp_path / name
+    if template is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, folder / "mlflow.db")
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
             "ORGANBENCH_CHECKPOINT_DIR": str(folder / "checkpoints"), "ORGANBENCH_CLAIM_SETTLE_S": "1"}
 
@@ -85,12 +91,12 @@ def run_args(study: str, cohort: Path) -> list[str]:
 
 def test_sigterm_then_kill_9_then_rerun_gives_the_numbers_of_an_uninterrupted_run(
         tiny_cohort: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+        capsys: pytest.CaptureFixture, empty_store_file: Path) -> None:
     """SIGTERM: the run and the launch are KILLED, one line, exit 143. The rerun resumes and is killed
     with SIGKILL (no handler runs, everything stays RUNNING). The third launch resumes again and
     finishes: one FINISHED run whose metrics equal those of an uninterrupted run, bit for bit."""
     study = long_study(tmp_path)
-    env = store(tmp_path, "interrupted")
+    env = store(tmp_path, "interrupted", empty_store_file)
     checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
     process = launch(run_args(study, tiny_cohort), env)
     wait_for_checkpoint(checkpoints, 5, process)

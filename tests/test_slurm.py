@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("submitit")
 
+from benchmarks.cli import main  # noqa: E402
 from test_run_integrity import finish, launch, long_study, runs_of, store, test_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -21,24 +22,33 @@ def slurm_args(study: str, cohort: Path, folder: Path) -> list[str]:
             "--slurm-local", "--slurm-folder", str(folder), "--slurm-time-min", "10"]
 
 
-def test_slurm_local_trains_every_cell_once_with_the_sequential_numbers(tiny_cohort: Path, tmp_path: Path) -> None:
+def use_store(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Point this process (an in-process launch, and the jobs it starts, which inherit it) at ``env``'s store."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_slurm_local_trains_every_cell_once_with_the_sequential_numbers(
+        tiny_cohort: Path, tmp_path: Path, empty_store_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
     """Two cells as two jobs: both FINISHED under one launch; a second launch trains nothing; the
     numbers equal those of the sequential launcher on another store."""
     study = long_study(tmp_path, budget=12, methods=["supervised", "mean_teacher"])
-    env = store(tmp_path, "slurm")
-    code, out, err = finish(launch(slurm_args(study, tiny_cohort, tmp_path / "jobs"), env))
-    assert code == 0, err[-2000:]
+    env = store(tmp_path, "slurm", empty_store_file)
+    use_store(monkeypatch, env)
+    assert main(slurm_args(study, tiny_cohort, tmp_path / "jobs")) == 0
+    out = capsys.readouterr().out
     assert "[slurm] 2 job(s) submitted (local executor)" in out and "2 trained" in out
     runs = runs_of(env)
     cells = runs[runs["tags.run_key"].notna()]
     assert sorted(cells["tags.method"]) == ["mean_teacher", "supervised"] and set(cells["status"]) == {"FINISHED"}
-    code, out, _ = finish(launch(slurm_args(study, tiny_cohort, tmp_path / "jobs"), env))
-    assert code == 0 and "0 run(s) trained, 2 already finished" in out
+    assert not set(cells["tags.claim.pid"]) & {str(os.getpid())}  # trained by the jobs, not by this process
+    assert main(slurm_args(study, tiny_cohort, tmp_path / "jobs")) == 0
+    assert "0 run(s) trained, 2 already finished" in capsys.readouterr().out
     assert len(runs_of(env)) == len(runs)  # nothing new
-    sequential = store(tmp_path, "sequential")
-    code, _, err = finish(launch(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"],
-                                 sequential))
-    assert code == 0, err[-2000:]
+    sequential = store(tmp_path, "sequential", empty_store_file)
+    use_store(monkeypatch, sequential)
+    assert main(["run", study, "--profile", "smoke", "--data", str(tiny_cohort), "--no-progress"]) == 0
     ours, theirs = runs_of(env), runs_of(sequential)
     for method in ("supervised", "mean_teacher"):
         assert test_metrics(ours[ours["tags.method"] == method]) == test_metrics(theirs[theirs["tags.method"] == method])
@@ -58,11 +68,12 @@ def _job_processes(folder: Path) -> list[int]:
     return pids
 
 
-def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: Path) -> None:
+def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The job is SIGKILLed after its first checkpoint: that launch reports the cell failed (exit 2, no
     traceback); the next launch takes the dead claim over and resumes the cell from the checkpoint."""
     study = long_study(tmp_path)
-    env = store(tmp_path, "killed")
+    env = store(tmp_path, "killed", empty_store_file)
     checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
     folder = tmp_path / "jobs"
     process = launch(slurm_args(study, tiny_cohort, folder), env)
@@ -74,8 +85,8 @@ def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: P
         os.kill(pid, signal.SIGKILL)
     code, out, err = finish(process)
     assert code == 2 and "Traceback" not in err and "1 failed" in out, (out[-1500:], err[-1500:])
-    code, out, err = finish(launch(slurm_args(study, tiny_cohort, folder), env))
-    assert code == 0, err[-2000:]
+    use_store(monkeypatch, env)
+    assert main(slurm_args(study, tiny_cohort, folder)) == 0
     runs = runs_of(env)
     cells = runs[runs["tags.run_key"].notna()]
     finished = cells[cells["status"] == "FINISHED"]
