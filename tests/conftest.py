@@ -57,5 +57,5 @@ def isolated_run_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Checkpoints under the test's own folder; a short claim settle time (the concurrency tests set
     the default back)."""
     monkeypatch.setenv("ORGANBENCH_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("ORGANBENCH_CLAIM_SETTLE_S", "0.2")
+    monkeypatch.setenv("ORGANBENCH_CLAIM_SETTLE_S", "0.02")
     return tmp_path / "checkpoints"

@@ -3,8 +3,11 @@ every cell once, the numbers of a one-thread sequential run, a bad cell that fai
 Ctrl-C that stops every worker with its cell KILLED and resumable."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -127,27 +130,45 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     monkeypatch.setenv("ORGANBENCH_CHECKPOINT_DIR", str(checkpoints))
-    assert main([*run_args(study, tiny_cohort), "--workers", "2"]) == 0
+    assert main([*run_args(study, tiny_cohort), "--workers", "1"]) == 0  # any launcher resumes a pool's cells
     after = runs_of(env)
     finished = after[(after["tags.run_key"].notna()) & (after["status"] == "FINISHED")]
     assert len(finished) == 2 and finished["tags.run_key"].nunique() == 2
     assert finished["tags.resumed_from_step"].notna().any()
 
 
-def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path) -> None:
-    """SIGTERM to one worker (not the driver): its cell stops at a step boundary, the driver stops the
-    other worker the same way and exits 143; nothing stays RUNNING."""
+def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """SIGTERM to one worker (not the driver, which is this process; a thread sends it): its cell stops
+    at a step boundary, the driver stops the other worker the same way and exits 143; nothing stays
+    RUNNING."""
     study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
     env = store(tmp_path, "pool-worker-sigterm", empty_store_file)
-    process = launch([*run_args(study, tiny_cohort), "--workers", "2"], env)
-    wait_for_checkpoint(Path(env["ORGANBENCH_CHECKPOINT_DIR"]), 5, process, timeout=180)
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("table2")
-    claims = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.run_key != ''")
-    worker = int(claims[0].data.tags["claim.pid"])
-    assert worker != process.pid
-    os.kill(worker, signal.SIGTERM)
-    code, _, err = finish(process)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    signalled: list[int] = []
+
+    def stop_one_worker_after_a_checkpoint() -> None:
+        deadline = time.time() + 180
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        while time.time() < deadline and not signalled:
+            saved = [json.loads(m.read_text())["next_step"] for m in Path(env["ORGANBENCH_CHECKPOINT_DIR"]).glob("*/meta.json")]
+            experiment = client.get_experiment_by_name("table2") if saved and max(saved) >= 5 else None
+            claims = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.run_key != ''"
+                                        ) if experiment else []
+            if claims:
+                worker = int(claims[0].data.tags["claim.pid"])
+                assert worker != os.getpid()
+                os.kill(worker, signal.SIGTERM)
+                signalled.append(worker)
+            time.sleep(0.05)
+
+    stopper = threading.Thread(target=stop_one_worker_after_a_checkpoint, daemon=True)
+    stopper.start()
+    code = main([*run_args(study, tiny_cohort), "--workers", "2"])
+    stopper.join(timeout=5)
+    err = capsys.readouterr().err
+    assert signalled, "no worker was running a cell after a checkpoint"
     assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
     runs = runs_of(env)
     assert "RUNNING" not in set(runs["status"]), runs[["status", "tags.method"]]

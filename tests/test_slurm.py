@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 pytest.importorskip("submitit")
 
 from benchmarks.cli import main  # noqa: E402
-from test_run_integrity import finish, launch, long_study, runs_of, store, test_metrics  # noqa: E402
+from test_run_integrity import long_study, runs_of, store, test_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -69,23 +70,32 @@ def _job_processes(folder: Path) -> list[int]:
 
 
 def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job is SIGKILLed after its first checkpoint: that launch reports the cell failed (exit 2, no
-    traceback); the next launch takes the dead claim over and resumes the cell from the checkpoint."""
+                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The job is SIGKILLed after its first checkpoint (the driver is this process; a thread kills the
+    job): that launch reports the cell failed (exit 2, no traceback); the next launch takes the dead
+    claim over and resumes the cell from the checkpoint."""
     study = long_study(tmp_path)
     env = store(tmp_path, "killed", empty_store_file)
+    use_store(monkeypatch, env)
     checkpoints = Path(env["ORGANBENCH_CHECKPOINT_DIR"])
     folder = tmp_path / "jobs"
-    process = launch(slurm_args(study, tiny_cohort, folder), env)
-    deadline = time.time() + 180
-    while not any(checkpoints.glob("*/checkpoint.pt")):
-        assert time.time() < deadline and process.poll() is None, "no checkpoint before the job ended"
-        time.sleep(0.05)
-    for pid in _job_processes(folder):
-        os.kill(pid, signal.SIGKILL)
-    code, out, err = finish(process)
+    killed: list[int] = []
+
+    def kill_the_job_after_its_first_checkpoint() -> None:
+        deadline = time.time() + 180
+        while not any(checkpoints.glob("*/checkpoint.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        for pid in _job_processes(folder):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_job_after_its_first_checkpoint, daemon=True)
+    killer.start()
+    code = main(slurm_args(study, tiny_cohort, folder))
+    killer.join(timeout=5)
+    out, err = capsys.readouterr()
+    assert killed, "no checkpoint before the job ended"
     assert code == 2 and "Traceback" not in err and "1 failed" in out, (out[-1500:], err[-1500:])
-    use_store(monkeypatch, env)
     assert main(slurm_args(study, tiny_cohort, folder)) == 0
     runs = runs_of(env)
     cells = runs[runs["tags.run_key"].notna()]
