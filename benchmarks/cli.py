@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks import model_cli, tak_cli
 from benchmarks.cli_values import csv_list as _csv
-from benchmarks.config import PROJECT_ROOT, load_profile, load_study
+from benchmarks.config import PROJECT_ROOT, load_profile, load_study, study_path
 from benchmarks.errors import ConfigError, DatasetError, OrganbenchError
 from benchmarks.interrupt import Interrupted
 from benchmarks.run_cli import add_run_parser
@@ -76,9 +76,11 @@ def output_folder(path: Path) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    study_path(args.study)  # an unknown study or profile name is refused before MLflow and torch load
+    profile = load_profile(args.profile)
+    study = model_cli.with_protocol(load_study(args.study), args.protocol)
     from benchmarks.tracking import setup_tracking
     from reports.tables import render_dice_tables
-    study, profile = model_cli.with_protocol(load_study(args.study), args.protocol), load_profile(args.profile)
     cells = study_cells(study, profile, args.data, _csv(args.methods))
     setup_tracking()
     out = output_folder(Path(args.out) if args.out else PROJECT_ROOT / "reports" / "out" / study.study)

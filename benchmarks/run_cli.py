@@ -12,7 +12,7 @@ import functools
 from typing import Any, Callable
 
 from benchmarks.cli_values import add_cell_arguments, csv_list as _csv, seed_list as _seeds
-from benchmarks.config import Profile, load_profile, load_study
+from benchmarks.config import Profile, load_profile, load_study, study_path
 from benchmarks.errors import ConfigError
 
 
@@ -41,7 +41,9 @@ def dispatch_for(args: argparse.Namespace, profile: Profile) -> Callable[..., An
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    study, profile = load_study(args.study), load_profile(args.profile)  # a bad study is refused before torch loads
+    study_path(args.study)  # an unknown study or profile name is refused before torch loads
+    profile = load_profile(args.profile)
+    study = load_study(args.study)
     from benchmarks.launch import check_device
     from benchmarks.runner import StudyRunner
     if study.kind != "cost":

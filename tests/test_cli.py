@@ -181,3 +181,14 @@ def test_data_stats_of_one_label_file_and_of_a_corrupt_one(tmp_path: Path, mlflo
     bad.write_text("not a NIfTI")
     assert main(["data", "stats", "--label-file", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_an_unknown_study_or_profile_is_refused_before_torch_and_mlflow_load() -> None:
+    """A typo costs a fraction of a second, not the seconds of importing torch and MLflow."""
+    code = ("import sys\nfrom benchmarks.cli import main\n"
+            "codes = [main(a.split()) for a in ('run table99', 'report table99', 'run table2 --profile gpu',"
+            " 'report table2 --profile gpu')]\n"
+            "print(codes, sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.stdout.strip() == "[2, 2, 2, 2] []", (done.stdout, done.stderr[-1000:])
+    assert done.stderr.count("unknown study 'table99'") == 2 and done.stderr.count("unknown profile 'gpu'") == 2

@@ -271,3 +271,20 @@ def test_cohort_records_each_subject(tiny_cohort: Path) -> None:
     meta = json.loads((tiny_cohort / "dataset.json").read_text())
     assert rows[0].startswith("case,modality,phase,fov_z_low") and len(rows) == 1 + meta["numTraining"]
     assert meta["modalities"] == {"ct": 300, "mri": 60} and meta["generator_version"] == "3"
+
+
+def test_file_hash_cache_sees_what_another_writer_saved(tmp_path: Path) -> None:
+    """The cache file is re-read when it changed since this process read it, and a remembered entry
+    of a file that changed since is hashed again."""
+    import hashlib
+
+    from benchmarks.data.digest import FileHashCache
+    cache_file, data = tmp_path / "cache" / "file-sha256.json", tmp_path / "a.bin"
+    data.write_bytes(b"first")
+    first = FileHashCache(cache_file)
+    assert first.sha256(data) == hashlib.sha256(b"first").hexdigest()
+    assert FileHashCache(cache_file).entries == {}  # nothing saved yet
+    first.save()
+    assert str(data.resolve()) in FileHashCache(cache_file).entries  # the saved file, read again
+    data.write_bytes(b"second, longer")
+    assert FileHashCache(cache_file).sha256(data) == hashlib.sha256(b"second, longer").hexdigest()

@@ -45,10 +45,21 @@ class FileHashCache:
         self.entries: dict[str, list] = self._read()
         self.dirty = False
 
+    # The cache file as last read by this process, by path: (size, mtime_ns) of the file, its entries.
+    # A launch builds several plans and the tests many; the file holds an entry per case file ever hashed.
+    _read_before: dict[Path, tuple[tuple[int, int], dict[str, list]]] = {}
+
     def _read(self) -> dict[str, list]:
         try:
+            st = self.path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            known = self._read_before.get(self.path)
+            if known is not None and known[0] == stamp:
+                return dict(known[1])
             data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
+            entries = data if isinstance(data, dict) else {}
+            self._read_before[self.path] = (stamp, entries)
+            return dict(entries)
         except (OSError, ValueError):
             return {}
 
