@@ -20,11 +20,9 @@ RUN_ARGS = --profile $(PROFILE) $(if $(METHODS),--methods $(METHODS)) $(if $(SEE
 
 setup: $(STAMP)
 
-# --no-compile: pip would byte-compile every module of every package (torch, ray, mlflow: about a minute on
-# 2 cores); Python compiles the modules actually imported, once, on first use.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
