@@ -81,7 +81,8 @@ def test_a_case_is_decoded_once_per_process_read_only_and_again_when_its_file_ch
         first.image[0, 0, 0] = 0.5
     with pytest.raises(ValueError, match="read-only"):
         first.label[0, 0, 0] = 1
-    other_window = dataclasses.replace(info, intensity_window=(info.intensity_window[0], info.intensity_window[1] + 100))
+    low, high = info.intensity_window
+    other_window = dataclasses.replace(info, intensity_window=(low, high + 100))
     assert not np.array_equal(read_case(other_window, "syn_0008").image, first.image)  # decoding depends on it
     path = info.image_path("syn_0008")
     _rewrite(path, lambda a: a + 10)

@@ -108,7 +108,8 @@ def test_two_workers_train_every_cell_once_with_the_one_thread_numbers_and_a_bad
 
 
 def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch, empty_store_file: Path) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          empty_store_file: Path) -> None:
     """SIGINT to the driver (the workers are out of the terminal's process group, so it is the only
     signal they get): exit 130, both cells and the launch KILLED with the reason, nothing left
     RUNNING, checkpoints kept; the rerun resumes both and finishes each once."""
@@ -137,8 +138,17 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
     assert finished["tags.resumed_from_step"].notna().any()
 
 
+def _next_step(meta: Path) -> int:
+    """The step a checkpoint's metadata names (-1 while it cannot be read, e.g. removed after its run)."""
+    try:
+        return int(json.loads(meta.read_text())["next_step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
-                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
     """SIGTERM to one worker (not the driver, which is this process; a thread sends it): its cell stops
     at a step boundary, the driver stops the other worker the same way and exits 143; nothing stays
     RUNNING."""
@@ -150,12 +160,12 @@ def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Pa
 
     def stop_one_worker_after_a_checkpoint() -> None:
         deadline = time.time() + 180
-        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        client, checkpoints = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), Path(env["ORGANBENCH_CHECKPOINT_DIR"])
+        running = "attributes.status = 'RUNNING' and tags.run_key != ''"
         while time.time() < deadline and not signalled:
-            saved = [json.loads(m.read_text())["next_step"] for m in Path(env["ORGANBENCH_CHECKPOINT_DIR"]).glob("*/meta.json")]
+            saved = [_next_step(m) for m in checkpoints.glob("*/meta.json")]
             experiment = client.get_experiment_by_name("table2") if saved and max(saved) >= 5 else None
-            claims = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.run_key != ''"
-                                        ) if experiment else []
+            claims = client.search_runs([experiment.experiment_id], running) if experiment else []
             if claims:
                 worker = int(claims[0].data.tags["claim.pid"])
                 assert worker != os.getpid()
