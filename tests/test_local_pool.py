@@ -3,7 +3,6 @@ every cell once, the numbers of a one-thread sequential run, a bad cell that fai
 Ctrl-C that stops every worker with its cell KILLED and resumable."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -18,7 +17,8 @@ from benchmarks.cli import main
 from benchmarks.config import load_profile
 from benchmarks.local_pool import threads_per_worker
 from tests.study_files import cell_runs, smoke_budget, write_study
-from tests.test_run_integrity import finish, launch, long_study, run_args, runs_of, store, wait_for_checkpoint
+from tests.test_run_integrity import (finish, latest_checkpoint_step, launch, long_study, run_args, runs_of,
+                                      store, use_store, wait_for_checkpoint)
 
 
 def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -> None:
@@ -138,14 +138,6 @@ def test_ctrl_c_stops_every_worker_and_the_rerun_resumes(tiny_cohort: Path, tmp_
     assert finished["tags.resumed_from_step"].notna().any()
 
 
-def _next_step(meta: Path) -> int:
-    """The step a checkpoint's metadata names (-1 while it cannot be read, e.g. removed after its run)."""
-    try:
-        return int(json.loads(meta.read_text())["next_step"])
-    except (OSError, ValueError, KeyError):
-        return -1
-
-
 def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
@@ -154,8 +146,7 @@ def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Pa
     RUNNING."""
     study = long_study(tmp_path, seeds={"smoke": [0, 1], "cpu": [0], "paper": [0]})
     env = store(tmp_path, "pool-worker-sigterm", empty_store_file)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    use_store(monkeypatch, env)
     signalled: list[int] = []
 
     def stop_one_worker_after_a_checkpoint() -> None:
@@ -163,8 +154,7 @@ def test_a_worker_stopped_alone_stops_the_launch(tiny_cohort: Path, tmp_path: Pa
         client, checkpoints = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), Path(env["ORGANBENCH_CHECKPOINT_DIR"])
         running = "attributes.status = 'RUNNING' and tags.run_key != ''"
         while time.time() < deadline and not signalled:
-            saved = [_next_step(m) for m in checkpoints.glob("*/meta.json")]
-            experiment = client.get_experiment_by_name("table2") if saved and max(saved) >= 5 else None
+            experiment = client.get_experiment_by_name("table2") if latest_checkpoint_step(checkpoints) >= 5 else None
             claims = client.search_runs([experiment.experiment_id], running) if experiment else []
             if claims:
                 worker = int(claims[0].data.tags["claim.pid"])

@@ -2,7 +2,6 @@
 launcher's numbers, retries that resume, concurrent drivers, and a bad cell that fails alone."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ import torch
 from benchmarks.cli import main
 from benchmarks.config import PROJECT_ROOT
 from tests.study_files import cell_runs, smoke_budget, write_study
+from tests.test_run_integrity import latest_checkpoint_step
 
 ray = pytest.importorskip("ray")
 RAY = Path(sys.executable).with_name("ray")
@@ -115,16 +115,15 @@ def test_a_killed_worker_is_retried_and_its_cell_resumes(cluster: str, disconnec
         deadline = time.time() + 240
         client = mlflow.MlflowClient(mlflow_store)
         while time.time() < deadline and not killed:
-            for meta in isolated_run_state.glob("*/meta.json"):
-                if json.loads(meta.read_text())["next_step"] >= 10:
-                    exp = client.get_experiment_by_name("ray-kill")
-                    claims = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
-                                                "tags.run_key != ''")
-                    if claims:
-                        pid = int(claims[0].data.tags["claim.pid"])
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(pid)
-                        return
+            if latest_checkpoint_step(isolated_run_state) >= 10:
+                exp = client.get_experiment_by_name("ray-kill")
+                claims = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
+                                            "tags.run_key != ''")
+                if claims:
+                    pid = int(claims[0].data.tags["claim.pid"])
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
             time.sleep(0.1)
 
     killer = threading.Thread(target=kill_the_worker_after_a_checkpoint, daemon=True)

@@ -56,17 +56,32 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, s
     return process.returncode, out, err
 
 
+def use_store(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Point this process (an in-process launch, and the processes it starts, which inherit it) at ``env``'s store."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def checkpoint_step(meta: Path) -> int:
+    """The step a checkpoint's metadata names (-1 while it cannot be read, e.g. removed after its run)."""
+    try:
+        return int(json.loads(meta.read_text())["next_step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def latest_checkpoint_step(folder: Path) -> int:
+    """The latest step any checkpoint under ``folder`` names (-1 when none can be read)."""
+    return max((checkpoint_step(meta) for meta in folder.glob("*/meta.json")), default=-1)
+
+
 def wait_for_checkpoint(folder: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> int:
     """Poll the checkpoint metadata until a checkpoint at or after ``step`` exists; returns its step."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for meta in folder.glob("*/meta.json"):
-            try:
-                saved = json.loads(meta.read_text())["next_step"]
-            except (OSError, ValueError, KeyError):
-                continue
-            if saved >= step:
-                return saved
+        saved = latest_checkpoint_step(folder)
+        if saved >= step:
+            return saved
         assert process.poll() is None, f"launcher ended before a checkpoint: {process.communicate()}"
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("submitit")
 
 from benchmarks.cli import main  # noqa: E402
-from test_run_integrity import long_study, runs_of, store, test_metrics  # noqa: E402
+from test_run_integrity import long_study, runs_of, store, test_metrics, use_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.slow
 def slurm_args(study: str, cohort: Path, folder: Path) -> list[str]:
     return ["run", study, "--profile", "smoke", "--data", str(cohort), "--no-progress", "--launcher", "slurm",
             "--slurm-local", "--slurm-folder", str(folder), "--slurm-time-min", "10"]
-
-
-def use_store(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    """Point this process (an in-process launch, and the jobs it starts, which inherit it) at ``env``'s store."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
 
 
 def test_slurm_local_trains_every_cell_once_with_the_sequential_numbers(
@@ -70,7 +64,8 @@ def _job_processes(folder: Path) -> list[int]:
 
 
 def test_a_killed_job_resumes_from_its_checkpoint(tiny_cohort: Path, tmp_path: Path, empty_store_file: Path,
-                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
     """The job is SIGKILLed after its first checkpoint (the driver is this process; a thread kills the
     job): that launch reports the cell failed (exit 2, no traceback); the next launch takes the dead
     claim over and resumes the cell from the checkpoint."""
