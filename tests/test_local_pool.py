@@ -17,7 +17,7 @@ from benchmarks.cli import main
 from benchmarks.config import load_profile
 from benchmarks.local_pool import threads_per_worker
 from tests.study_files import cell_runs, smoke_budget, write_study
-from tests.test_run_integrity import (finish, latest_checkpoint_step, launch, long_study, run_args, runs_of,
+from test_run_integrity import (finish, latest_checkpoint_step, launch, long_study, run_args, runs_of,
                                       store, use_store, wait_for_checkpoint)
 
 

@@ -19,7 +19,7 @@ import torch
 from benchmarks.cli import main
 from benchmarks.config import PROJECT_ROOT
 from tests.study_files import cell_runs, smoke_budget, write_study
-from tests.test_run_integrity import latest_checkpoint_step
+from test_run_integrity import latest_checkpoint_step
 
 ray = pytest.importorskip("ray")
 RAY = Path(sys.executable).with_name("ray")
