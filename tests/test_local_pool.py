@@ -18,7 +18,7 @@ from benchmarks.config import load_profile
 from benchmarks.local_pool import threads_per_worker
 from tests.study_files import cell_runs, smoke_budget, write_study
 from test_run_integrity import (finish, latest_checkpoint_step, launch, long_study, run_args, runs_of,
-                                      store, use_store, wait_for_checkpoint)
+                                store, use_store, wait_for_checkpoint)
 
 
 def test_threads_are_shared_out_and_the_cpu_profile_trains_two_cells_at_once() -> None:
