@@ -3,9 +3,9 @@
 The paper's "V-Net (fully)" row: the upper bound (DHC ``train_fully.py``, batch 4). Every batch slot
 holds a labeled crop from the whole training set, so this method is not semi-supervised.
 
-Where this does not follow ``train_fully.py``, and why: that script defaults to base lr 0.001 (its
-launch script passes the rate on the command line, unpublished) and PyTorch's default init (its
-Kaiming helper is commented out). The suite trains the upper bound with the lower bound's recipe
+Where this does not follow ``train_fully.py``, and why: that script defaults to base lr 0.001 (a
+command-line option; the rate behind the published row is not stated) and PyTorch's default init
+(its Kaiming helper is commented out). The suite trains the upper bound with the lower bound's recipe
 (Kaiming init, the DHC-family SGD at 0.03 with poly decay), so the two bounds differ only in which
 labels they see; the run records the rate (``method_config.lr``).
 """
